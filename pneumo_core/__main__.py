@@ -1,0 +1,193 @@
+"""Command line of the pneumonia X-ray pipeline.
+
+Usage:
+    python -m pneumo_core split    --data DIR
+    python -m pneumo_core train    --model NAME --data DIR [--epochs N] [--backbone-weights PATH] [--out models/]
+    python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
+    python -m pneumo_core predict  --model NAME IMAGE... [--json]
+    python -m pneumo_core bench    [--out bench.json] [--repeats N]
+    python -m pneumo_core report   [--readme README.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pneumo_core import data  # noqa: E402
+from pneumo_core.artifacts import MODELS_DIR  # noqa: E402
+from pneumo_core.registry import get_spec, model_names  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with one subcommand per task."""
+    parser = argparse.ArgumentParser(prog="python -m pneumo_core", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    split = commands.add_parser("split", help="create the patient-grouped train/val/test split file")
+    split.add_argument("--data", type=Path, default=data.DEFAULT_DATA_ROOT)
+    split.add_argument("--out", type=Path, default=data.DEFAULT_SPLIT_FILE)
+
+    train = commands.add_parser("train", help="train a registry model and write models/<name>/")
+    train.add_argument("--model", required=True, choices=model_names())
+    train.add_argument("--data", type=Path, default=data.DEFAULT_DATA_ROOT)
+    train.add_argument("--epochs", type=int, help="epochs (head epochs for transfer models)")
+    train.add_argument("--fine-tune-epochs", type=int, help="fine-tuning epochs (transfer models)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--backbone-weights", help="local weights file, 'imagenet' (needs internet) or 'none'")
+    train.add_argument("--out", type=Path, default=MODELS_DIR)
+    train.add_argument("--run-dir", type=Path, default=Path("runs"), help="checkpoints and logs")
+    train.add_argument("--split-file", type=Path, default=data.DEFAULT_SPLIT_FILE)
+    train.add_argument("--seed", type=int, default=data.SPLIT_SEED)
+    train.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a trained model on a folder of images")
+    evaluate.add_argument("--model", required=True, choices=model_names())
+    evaluate.add_argument("--data", type=Path, default=data.DEFAULT_DATA_ROOT)
+    evaluate.add_argument("--split", default="auto", choices=["auto", "all", "train", "val", "test"])
+    evaluate.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    evaluate.add_argument("--out", type=Path, help="write the metrics JSON here")
+
+    predict = commands.add_parser("predict", help="probability and label for image files")
+    predict.add_argument("--model", required=True, choices=model_names())
+    predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    bench = commands.add_parser("bench", help="latency benchmark of the shipped models")
+    bench.add_argument("--out", type=Path, default=Path("bench/bench.json"))
+    bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+
+    report = commands.add_parser("report", help="regenerate the README tables from metrics.json and bench.json")
+    report.add_argument("--readme", type=Path, default=Path("README.md"))
+    report.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run_split(args) -> int:
+    digest = data.write_split(data.make_split(data.list_images(args.data)), args.out)
+    print(f"wrote {args.out} (sha256 {digest})")
+    return 0
+
+
+def run_train(args) -> int:
+    from pneumo_core.train import TrainArgs, train
+
+    spec = get_spec(args.model)
+    if not spec.shippable and args.backbone_weights in (None, "imagenet"):
+        print(f"note: {spec.unavailable_reason}", file=sys.stderr)
+    defaults = spec.train
+    resolved = TrainArgs(
+        model=spec.name,
+        data=str(args.data),
+        out=str(args.out),
+        epochs=args.epochs if args.epochs is not None else defaults.epochs,
+        fine_tune_epochs=args.fine_tune_epochs if args.fine_tune_epochs is not None else defaults.fine_tune_epochs,
+        batch_size=args.batch_size or defaults.batch_size,
+        learning_rate=defaults.learning_rate,
+        fine_tune_learning_rate=defaults.fine_tune_learning_rate,
+        fine_tune_from=defaults.fine_tune_from,
+        backbone_weights=args.backbone_weights or ("imagenet" if spec.uses_backbone_weights else None),
+        split_file=str(args.split_file),
+        seed=args.seed,
+        patience=args.patience,
+        run_dir=str(args.run_dir),
+    )
+    print(f"wrote {train(spec, resolved)}")
+    return 0
+
+
+def _load(name: str, models_dir: Path):
+    from pneumo_core.artifacts import load_model_dir
+
+    spec = get_spec(name)
+    directory = models_dir / name
+    if not (directory / "config.json").is_file():
+        reason = spec.unavailable_reason or f"Train it with `python -m pneumo_core train --model {name}`."
+        raise ValueError(f"No trained {name} in {models_dir}. {reason}")
+    return load_model_dir(directory)
+
+
+def run_evaluate(args) -> int:
+    from pneumo_core.artifacts import write_json
+    from pneumo_core.evaluate import evaluate_folder
+
+    result = evaluate_folder(_load(args.model, args.models_dir), args.data, args.split)
+    metrics = result["metrics"]
+    print(
+        f"{result['model']} on {result['data']}: accuracy {metrics['accuracy']:.3f}, "
+        f"sensitivity {metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, "
+        f"ROC AUC {metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 3)} "
+        f"(threshold {result['threshold']:.3f})"
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def run_predict(args) -> int:
+    from pneumo_core.inference import predict_bytes
+
+    loaded = _load(args.model, args.models_dir)
+    failures = 0
+    for path in args.images:
+        try:
+            prob = predict_bytes(loaded, path.read_bytes())
+            row = {"image": str(path), "probability": round(prob, 4), "label": loaded.label(prob)}
+        except (OSError, ValueError) as error:
+            failures += 1
+            row = {"image": str(path), "error": str(error)}
+        if args.json:
+            print(json.dumps(row))
+        elif "error" in row:
+            print(f"{path}: error: {row['error']}")
+        else:
+            print(f"{path}: {row['label']} (p(pneumonia) = {row['probability']:.3f}, threshold {loaded.threshold:.3f})")
+    return 1 if failures else 0
+
+
+def run_bench(args) -> int:
+    from pneumo_core.bench import run_benchmark
+
+    run_benchmark(args.models_dir, args.out, args.repeats)
+    return 0
+
+
+def run_report(args) -> int:
+    from pneumo_core.report import update_readme
+
+    update_readme(args.readme, args.models_dir)
+    return 0
+
+
+COMMANDS = {
+    "split": run_split,
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "predict": run_predict,
+    "bench": run_bench,
+    "report": run_report,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Model builders. Each returns a flat Functional Keras model (never a nested one)
+whose last layer is ``Dense(1, activation="sigmoid", name="pneumonia")`` so that
+Grad-CAM can reach every conv layer and swap the sigmoid for a linear output.
+
+Usage:
+    model = build_cnn(input_size=160, channels=1)
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+from keras import layers
+
+OUTPUT_LAYER = "pneumonia"
+LOGGER = logging.getLogger(__name__)
+
+
+def _head(features, units: tuple[int, ...], dropout: float):
+    """Dense head ending in the single sigmoid output named ``pneumonia``."""
+    x = features
+    for index, width in enumerate(units):
+        x = layers.Dense(width, activation="relu", name=f"head_dense{index + 1}")(x)
+        x = layers.Dropout(dropout, name=f"head_dropout{index + 1}")(x)
+    return layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER)(x)
+
+
+def build_mlp(input_size: int, channels: int, **_: object) -> keras.Model:
+    """The seed baseline: a flattened image through five dense layers."""
+    inputs = keras.Input((input_size, input_size, channels), name="image")
+    x = layers.Flatten(name="flatten")(inputs)
+    outputs = _head(x, units=(512, 256, 128, 64), dropout=0.3)
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+def build_cnn(input_size: int, channels: int, **_: object) -> keras.Model:
+    """A small CNN from scratch: five conv/batch-norm blocks, global pooling, dense head.
+
+    The last block's activation is named ``last_conv_act`` for Grad-CAM.
+    """
+    inputs = keras.Input((input_size, input_size, channels), name="image")
+    x = inputs
+    widths = (32, 64, 96, 128, 192)
+    for block, width in enumerate(widths, start=1):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{block}_bn")(x)
+        is_last = block == len(widths)
+        x = layers.Activation("relu", name="last_conv_act" if is_last else f"block{block}_act")(x)
+        if not is_last:
+            x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="gap_dropout")(x)
+    outputs = _head(x, units=(64,), dropout=0.3)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def _backbone_weights(weights: str | Path | None) -> tuple[str | None, Path | None]:
+    """Split a ``weights`` argument into Keras' own ``weights=`` and a local file."""
+    if weights in (None, "none", "None"):
+        return None, None
+    if weights == "imagenet":
+        return "imagenet", None
+    path = Path(weights)
+    if not path.is_file():
+        raise ValueError(f"Backbone weights file {path} does not exist.")
+    return None, path
+
+
+def _transfer_model(application, name: str, input_size: int, weights: str | Path | None, dropout: float):
+    """Build ``application`` on an input tensor and put a pooled head on ``base.output``."""
+    keras_weights, local_file = _backbone_weights(weights)
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    try:
+        base = application(include_top=False, weights=keras_weights, input_tensor=inputs)
+    except Exception as error:  # Keras raises several kinds when the download fails.
+        raise ValueError(
+            f"Could not load ImageNet weights for {name} ({error}). Without internet access, "
+            "pass a local file with --backbone-weights PATH."
+        ) from error
+    if local_file is not None:
+        base.load_weights(local_file)
+    if keras_weights is None and local_file is None:
+        LOGGER.warning("%s is built with random weights (no ImageNet initialisation).", name)
+    x = layers.GlobalAveragePooling2D(name="gap")(base.output)
+    x = layers.Dropout(dropout, name="gap_dropout")(x)
+    outputs = _head(x, units=(128,), dropout=dropout)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_xception(input_size: int, channels: int = 3, weights: str | Path | None = "imagenet") -> keras.Model:
+    """Xception ImageNet transfer model (input RGB in [-1, 1])."""
+    return _transfer_model(keras.applications.Xception, "xception", input_size, weights, dropout=0.3)
+
+
+def build_densenet201(
+    input_size: int, channels: int = 3, weights: str | Path | None = "imagenet"
+) -> keras.Model:
+    """DenseNet201 ImageNet transfer model, the seed project's own backbone."""
+    return _transfer_model(keras.applications.DenseNet201, "densenet201", input_size, weights, dropout=0.3)

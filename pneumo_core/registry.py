@@ -1,0 +1,178 @@
+"""The model registry: one frozen :class:`ModelSpec` per model, the single contract
+that training, evaluation, prediction and the app read.
+
+Usage:
+    spec = get_spec("cnn")
+    batch = spec.preprocess(resize_square(gray, spec.input_size)[None])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from pneumo_core import models
+from pneumo_core.data import CLASS_NAMES
+
+
+def scale_unit(batch):
+    """Scale 0-255 grayscale ``(n, h, w, 1)`` to [0, 1], keeping one channel."""
+    return keras.ops.cast(batch, "float32") / 255.0
+
+
+def scale_xception(batch):
+    """Scale 0-255 grayscale ``(n, h, w, 1)`` to [-1, 1] and replicate it to RGB."""
+    scaled = keras.ops.cast(batch, "float32") / 127.5 - 1.0
+    return keras.ops.repeat(scaled, 3, axis=-1)
+
+
+def scale_densenet(batch):
+    """Scale 0-255 grayscale ``(n, h, w, 1)`` to RGB normalised by the ImageNet mean and std."""
+    rgb = keras.ops.repeat(keras.ops.cast(batch, "float32") / 255.0, 3, axis=-1)
+    mean = keras.ops.convert_to_tensor([0.485, 0.456, 0.406])
+    std = keras.ops.convert_to_tensor([0.229, 0.224, 0.225])
+    return (rgb - mean) / std
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """Training hyper-parameters a model uses unless the CLI overrides them."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    fine_tune_epochs: int = 0
+    fine_tune_learning_rate: float = 1e-5
+    fine_tune_from: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is and what it expects as input."""
+
+    name: str
+    description: str
+    builder: Callable[..., object]
+    input_size: int
+    channels: int
+    preprocess: Callable
+    gradcam_layer: str | None
+    train: TrainDefaults
+    class_names: tuple[str, str] = CLASS_NAMES
+    uses_backbone_weights: bool = False
+    unavailable_reason: str | None = None
+
+    @property
+    def shippable(self) -> bool:
+        """Whether this model can be trained and shipped from this repository."""
+        return self.unavailable_reason is None
+
+    def model_input(self, squares: np.ndarray) -> np.ndarray:
+        """Turn ``(n, size, size)`` uint8 squares from :func:`resize_square` into model input."""
+        if squares.ndim != 3 or squares.shape[1:] != (self.input_size, self.input_size):
+            raise ValueError(
+                f"{self.name} expects squares of shape (n, {self.input_size}, {self.input_size}), "
+                f"got {squares.shape}."
+            )
+        return keras.ops.convert_to_numpy(self.preprocess(squares[..., None]))
+
+    def to_json(self) -> dict:
+        """A JSON-friendly description of the spec, stored in each model's config."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "builder": f"{self.builder.__module__}.{self.builder.__name__}",
+            "input_size": self.input_size,
+            "channels": self.channels,
+            "preprocess": f"{self.preprocess.__module__}.{self.preprocess.__name__}",
+            "gradcam_layer": self.gradcam_layer,
+            "class_names": list(self.class_names),
+        }
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="mlp",
+            description="Baseline: the flattened 64x64 image through five dense layers.",
+            builder=models.build_mlp,
+            input_size=64,
+            channels=1,
+            preprocess=scale_unit,
+            gradcam_layer=None,
+            train=TrainDefaults(epochs=40, batch_size=64, learning_rate=3e-4),
+        ),
+        ModelSpec(
+            name="cnn",
+            description="Small CNN trained from scratch (5 conv blocks, 160x160): fast on a CPU.",
+            builder=models.build_cnn,
+            input_size=160,
+            channels=1,
+            preprocess=scale_unit,
+            gradcam_layer="last_conv_act",
+            train=TrainDefaults(epochs=30, batch_size=32, learning_rate=1e-3),
+        ),
+        ModelSpec(
+            name="xception",
+            description="Xception pretrained on ImageNet, fine-tuned on X-rays (224x224): most accurate.",
+            builder=models.build_xception,
+            input_size=224,
+            channels=3,
+            preprocess=scale_xception,
+            gradcam_layer="block14_sepconv2_act",
+            train=TrainDefaults(
+                epochs=3,
+                batch_size=32,
+                learning_rate=1e-3,
+                fine_tune_epochs=8,
+                fine_tune_learning_rate=3e-5,
+                fine_tune_from="block12_sepconv1_act",
+            ),
+            uses_backbone_weights=True,
+        ),
+        ModelSpec(
+            name="densenet201",
+            description="DenseNet201 pretrained on ImageNet (the seed project's transfer model).",
+            builder=models.build_densenet201,
+            input_size=224,
+            channels=3,
+            preprocess=scale_densenet,
+            gradcam_layer="relu",
+            train=TrainDefaults(
+                epochs=3,
+                batch_size=32,
+                learning_rate=1e-3,
+                fine_tune_epochs=8,
+                fine_tune_learning_rate=3e-5,
+                fine_tune_from="conv5_block1_0_bn",
+            ),
+            uses_backbone_weights=True,
+            unavailable_reason=(
+                "Not shipped: its ImageNet weights cannot be downloaded on the machines this "
+                "project is built on. Train it on a connected machine with "
+                "`python -m pneumo_core train --model densenet201` (weights='imagenet')."
+            ),
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Return the spec of a registered model.
+
+    Raises:
+        ValueError: If ``name`` is not registered; the message lists the valid names.
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"Unknown model {name!r}; registered models: {', '.join(REGISTRY)}.") from None
+
+
+def model_names(shippable_only: bool = False) -> list[str]:
+    """Names of the registered models, in registry order."""
+    return [name for name, spec in REGISTRY.items() if spec.shippable or not shippable_only]

@@ -1,0 +1,258 @@
+"""Training: tf.data input pipeline, two-phase transfer learning, calibration,
+threshold choice on validation, and the artifact directory.
+
+Usage:
+    python -m pneumo_core train --model cnn --data ../shared/data/chest_xray
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from keras import layers
+from sklearn.linear_model import LogisticRegression
+
+from pneumo_core import artifacts, data
+from pneumo_core.metrics import THRESHOLD_RULE, choose_threshold, compute_metrics
+from pneumo_core.models import OUTPUT_LAYER
+from pneumo_core.registry import ModelSpec
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Resolved training arguments, saved in ``config.json``."""
+
+    model: str
+    data: str
+    out: str
+    epochs: int
+    fine_tune_epochs: int
+    batch_size: int
+    learning_rate: float
+    fine_tune_learning_rate: float
+    fine_tune_from: str | None
+    backbone_weights: str | None
+    split_file: str
+    seed: int
+    patience: int
+    run_dir: str
+
+
+def augmenter(seed: int) -> keras.Sequential:
+    """Train-time augmentation on 0-255 grayscale: small rotations, shifts, zoom,
+    brightness and contrast. No flips: chest anatomy is not symmetric."""
+    return keras.Sequential(
+        [
+            layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
+            layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom((-0.15, 0.1), fill_mode="constant", seed=seed + 2),
+            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
+            layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 4),
+        ],
+        name="augment",
+    )
+
+
+def make_dataset(
+    squares: np.ndarray, targets: np.ndarray, spec: ModelSpec, batch_size: int, augment_seed: int | None
+) -> tf.data.Dataset:
+    """Batched tf.data pipeline with caching and prefetch; augments when ``augment_seed`` is set."""
+    images = tf.data.Dataset.from_tensor_slices((squares[..., None], targets.astype("float32")))
+    images = images.cache()
+    if augment_seed is not None:
+        images = images.shuffle(len(squares), seed=augment_seed, reshuffle_each_iteration=True)
+    images = images.batch(batch_size)
+    if augment_seed is not None:
+        augment = augmenter(augment_seed)
+        images = images.map(
+            lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    return images.map(lambda x, y: (spec.preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )
+
+
+def class_weights(targets: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency class weights: ``n / (2 * count)``."""
+    counts = np.bincount(targets, minlength=2)
+    if (counts == 0).any():
+        raise ValueError(f"Both classes are needed to train; got counts {counts.tolist()}.")
+    return {label: float(len(targets) / (2 * count)) for label, count in enumerate(counts)}
+
+
+def set_trainable(model: keras.Model, first_trainable: str | None) -> None:
+    """Freeze the backbone up to ``first_trainable`` (the head always trains; BN never does)."""
+    names = [layer.name for layer in model.layers]
+    head_start = names.index("gap")
+    start = head_start if first_trainable is None else names.index(first_trainable)
+    for index, layer in enumerate(model.layers):
+        is_bn = isinstance(layer, layers.BatchNormalization) and index < head_start
+        layer.trainable = index >= start and not is_bn
+
+
+def fit_phase(model, train_ds, val_ds, args: TrainArgs, run_dir: Path, *, learning_rate, epochs, initial_epoch, weights):
+    """Compile and fit one phase with checkpointing, early stopping and LR reduction."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+    )
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=max(1, args.patience // 2)),
+        keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
+    ]
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=initial_epoch + epochs,
+        initial_epoch=initial_epoch,
+        class_weight=weights,
+        callbacks=callbacks,
+        verbose=2,
+    )
+    return [
+        {"epoch": epoch, **{k: float(v[i]) for k, v in history.history.items()}}
+        for i, epoch in enumerate(history.epoch)
+    ]
+
+
+def output_logits(model: keras.Model, model_input: np.ndarray) -> np.ndarray:
+    """Pre-sigmoid outputs of the ``pneumonia`` layer (exact, unlike logit(sigmoid(z)))."""
+    head = model.get_layer(OUTPUT_LAYER)
+    features = keras.Model(model.inputs, head.input).predict(model_input, verbose=0, batch_size=64)
+    kernel, bias = head.get_weights()
+    return (features @ kernel + bias)[:, 0]
+
+
+def calibrate(model: keras.Model, val_input: np.ndarray, val_targets: np.ndarray) -> dict:
+    """Platt-scale the output on the validation split and fold it into the last layer.
+
+    ``p = sigmoid(a * z + b)`` becomes the model's own output, so every consumer of
+    ``model.keras`` sees calibrated probabilities without extra code.
+    """
+    logits = output_logits(model, val_input)
+    platt = LogisticRegression(C=1e4).fit(logits[:, None], val_targets)
+    scale, shift = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+    if scale <= 0:
+        LOGGER.warning("Platt scale %.3f is not positive; calibration skipped.", scale)
+        return {"method": "none", "scale": 1.0, "shift": 0.0}
+    head = model.get_layer(OUTPUT_LAYER)
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * scale, bias * scale + shift])
+    return {"method": "platt (validation split)", "scale": scale, "shift": shift}
+
+
+def save_clean(model: keras.Model, path: Path) -> None:
+    """Save the model without optimizer state (a fresh, uncompiled copy)."""
+    clean = keras.Model.from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    clean.save(path)
+
+
+def load_split_frames(args: TrainArgs) -> dict[str, pd.DataFrame]:
+    """The train/val/test frames with image paths; creates the split file if it does not exist."""
+    split_path = Path(args.split_file)
+    if not split_path.is_file():
+        LOGGER.info("Creating split file %s from %s", split_path, args.data)
+        data.write_split(data.make_split(data.list_images(Path(args.data)), seed=args.seed), split_path)
+    frame = data.attach_paths(data.read_split(split_path), Path(args.data))
+    return {name: frame[frame["split"] == name].reset_index(drop=True) for name in ("train", "val", "test")}
+
+
+def train(spec: ModelSpec, args: TrainArgs) -> Path:
+    """Train ``spec`` and write its complete artifact directory.
+
+    Returns:
+        The model directory ``<out>/<name>``.
+    """
+    if spec.uses_backbone_weights and args.backbone_weights is None:
+        raise ValueError(f"{spec.name} needs --backbone-weights PATH, 'imagenet' or 'none'.")
+    keras.utils.set_random_seed(args.seed)
+    started = time.time()
+    frames = load_split_frames(args)
+    squares = {name: data.load_arrays(frame["path"].tolist(), spec.input_size) for name, frame in frames.items()}
+    targets = {name: data.labels_of(frame) for name, frame in frames.items()}
+    LOGGER.info("Loaded %s images in %.0f s", {k: len(v) for k, v in squares.items()}, time.time() - started)
+
+    build_kwargs = {"weights": args.backbone_weights} if spec.uses_backbone_weights else {}
+    model = spec.builder(input_size=spec.input_size, channels=spec.channels, **build_kwargs)
+    train_ds = make_dataset(squares["train"], targets["train"], spec, args.batch_size, augment_seed=args.seed)
+    val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None)
+    run_dir = Path(args.run_dir) / spec.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "history.csv").unlink(missing_ok=True)
+    weights = class_weights(targets["train"])
+
+    history = []
+    phases = [("head" if spec.uses_backbone_weights else "full", args.learning_rate, args.epochs, None)]
+    if spec.uses_backbone_weights:
+        phases.append(("fine-tune", args.fine_tune_learning_rate, args.fine_tune_epochs, args.fine_tune_from))
+    for phase, learning_rate, epochs, first_trainable in phases:
+        if epochs <= 0:
+            continue
+        if spec.uses_backbone_weights:
+            set_trainable(model, first_trainable)
+        rows = fit_phase(
+            model, train_ds, val_ds, args, run_dir,
+            learning_rate=learning_rate, epochs=epochs, initial_epoch=len(history), weights=weights,
+        )
+        history += [{**row, "phase": phase} for row in rows]
+
+    val_input = spec.model_input(squares["val"])
+    calibration = calibrate(model, val_input, targets["val"])
+    val_prob = model.predict(val_input, verbose=0, batch_size=64)[:, 0]
+    threshold = choose_threshold(targets["val"], val_prob)
+    test_prob = model.predict(spec.model_input(squares["test"]), verbose=0, batch_size=64)[:, 0]
+    metrics = {
+        "model": spec.name,
+        "split_hash": data.split_hash(Path(args.split_file)),
+        "threshold": threshold,
+        "test": compute_metrics(targets["test"], test_prob, threshold, frames["test"]["subtype"].to_numpy()),
+        "validation": compute_metrics(targets["val"], val_prob, threshold, frames["val"]["subtype"].to_numpy()),
+    }
+    return write_artifacts(spec, args, model, metrics, history, calibration, frames, time.time() - started)
+
+
+def write_artifacts(spec, args, model, metrics, history, calibration, frames, seconds) -> Path:
+    """Write model.keras, metrics.json, history.json, card.md, then config.json with their checksums."""
+    out_dir = Path(args.out) / spec.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_clean(model, out_dir / artifacts.MODEL_FILE)
+    artifacts.write_json(out_dir / artifacts.METRICS_FILE, metrics)
+    artifacts.write_json(out_dir / artifacts.HISTORY_FILE, history)
+    config = {
+        "spec": spec.to_json(),
+        "args": asdict(args),
+        "threshold": metrics["threshold"],
+        "threshold_rule": THRESHOLD_RULE,
+        "calibration": calibration,
+        "data": {
+            "split_file": Path(args.split_file).name,
+            "split_hash": metrics["split_hash"],
+            "split_sizes": {name: len(frame) for name, frame in frames.items()},
+        },
+        "environment": {"keras": keras.__version__, "tensorflow": tf.__version__, "python": platform.python_version()},
+        "training_seconds": round(seconds, 1),
+        "epochs_run": len(history),
+        "parameters": int(model.count_params()),
+    }
+    (out_dir / artifacts.CARD_FILE).write_text(artifacts.render_card(config, metrics))
+    config["checksums"] = {
+        name: artifacts.sha256_of(out_dir / name)
+        for name in (artifacts.MODEL_FILE, artifacts.METRICS_FILE, artifacts.HISTORY_FILE, artifacts.CARD_FILE)
+    }
+    artifacts.write_json(out_dir / artifacts.CONFIG_FILE, config)
+    LOGGER.info("Wrote %s (test ROC AUC %s)", out_dir, metrics["test"]["roc_auc"])
+    return out_dir
