@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from pneumo_core.imaging import resize_square
 from pneumo_core.registry import ModelSpec, get_spec
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -63,6 +64,10 @@ class LoadedModel:
     def threshold(self) -> float:
         """The operating threshold chosen on the validation split."""
         return float(self.config["threshold"])
+
+    def square(self, gray: np.ndarray) -> np.ndarray:
+        """Squash a decoded grayscale image to this model's square input size."""
+        return resize_square(gray, self.spec.input_size)
 
     def predict_squares(self, squares: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Pneumonia probabilities for ``(n, size, size)`` uint8 squares."""

@@ -27,7 +27,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 64
 MAX_PIXELS = 50_000_000
-MAX_BYTES = 200 * 1024 * 1024
+MAX_UPLOAD_MB = 50
+MAX_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
@@ -114,3 +115,20 @@ def _to_uint8_gray(image: Image.Image) -> np.ndarray:
     if image.mode != "L":
         image = image.convert("RGB").convert("L")
     return np.asarray(image, dtype=np.uint8)
+
+
+def fit_within(gray: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    """Downscale an image (keeping its aspect ratio) so its longer side is at most ``max_side``."""
+    height, width = gray.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1.0:
+        return gray
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode a grayscale or RGB uint8 array as PNG bytes, in memory."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

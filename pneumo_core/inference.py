@@ -10,13 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from pneumo_core.artifacts import LoadedModel
-from pneumo_core.imaging import decode_grayscale, resize_square
+from pneumo_core.imaging import decode_grayscale
 
 
 def predict_gray(loaded: LoadedModel, gray: np.ndarray) -> float:
     """Pneumonia probability for one decoded grayscale image."""
-    square = resize_square(gray, loaded.spec.input_size)
-    return float(loaded.predict_squares(square[None])[0])
+    return float(loaded.predict_squares(loaded.square(gray)[None])[0])
 
 
 def predict_bytes(loaded: LoadedModel, image_bytes: bytes) -> float:

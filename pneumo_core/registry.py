@@ -114,7 +114,7 @@ REGISTRY: dict[str, ModelSpec] = {
             channels=1,
             preprocess=scale_unit,
             gradcam_layer="last_conv_act",
-            train=TrainDefaults(epochs=30, batch_size=32, learning_rate=1e-3),
+            train=TrainDefaults(epochs=25, batch_size=32, learning_rate=1e-3),
         ),
         ModelSpec(
             name="xception",

@@ -1,0 +1,55 @@
+"""Compare models: metrics, confusion matrices, ROC curves and training curves, all read from files."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages.common import get_catalog
+from pneumo_core.figures import (
+    best_per_column,
+    comparison_table,
+    confusion_figure,
+    history_figure,
+    roc_figure,
+    subtype_table,
+)
+
+st.title("Compare models")
+shipped = [entry for entry in get_catalog() if entry.shipped]
+if not shipped:
+    st.error("No trained models were found in models/.")
+    st.stop()
+
+reference = shipped[0].config["data"]
+sizes = reference["split_sizes"]
+st.markdown(
+    f"Figures on the **internal test split**: {sizes['test']} images from patients never seen in "
+    f"training or validation (patient-grouped 70/15/15 split of the {sum(sizes.values())} official "
+    f"Kermany training images; split sha256 `{reference['split_hash'][:12]}`). Thresholds were chosen "
+    "on the validation split. A split of one hospital's images flatters: expect lower specificity on "
+    "independent images."
+)
+
+st.subheader("Metrics at each model's operating threshold")
+table = comparison_table(shipped)
+best = best_per_column(table)
+styled = table.style.format(precision=3, na_rep="n/a").apply(
+    lambda column: ["font-weight: bold; background-color: #d4edda" if best.get(column.name) == name else "" for name in column.index]
+)
+st.dataframe(styled, key="metrics_table")
+st.caption("Best value in each column highlighted (lowest for log loss and ECE, the expected calibration error).")
+
+st.subheader("Confusion matrices (counts and % of each true class)")
+for column, entry in zip(st.columns(len(shipped)), shipped, strict=True):
+    column.plotly_chart(confusion_figure(entry), key=f"confusion_{entry.name}")
+
+st.subheader("ROC curves")
+st.plotly_chart(roc_figure(shipped), key="roc")
+st.caption("Crosses mark each model's operating point (its threshold).")
+
+st.subheader("Sensitivity by pneumonia subtype")
+st.dataframe(subtype_table(shipped).style.format(precision=3), key="subtype_table")
+
+st.subheader("Training curves")
+for entry in shipped:
+    st.plotly_chart(history_figure(entry), key=f"history_{entry.name}")

@@ -1,0 +1,143 @@
+"""Tables and plotly figures for comparing models, built from their saved metrics.
+
+Usage:
+    table = comparison_table(shipped_entries)
+    fig = confusion_figure(entry)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from pneumo_core.catalog import ModelEntry
+
+TABLE_COLUMNS = {
+    "accuracy": "Accuracy",
+    "precision": "Precision",
+    "sensitivity": "Recall (sensitivity)",
+    "specificity": "Specificity",
+    "f1": "F1",
+    "roc_auc": "ROC AUC",
+    "log_loss": "Log loss",
+    "ece": "ECE",
+    "n": "n",
+}
+LOWER_IS_BETTER = ("Log loss", "ECE")
+
+
+def comparison_table(entries: list[ModelEntry]) -> pd.DataFrame:
+    """One row per shipped model with its test-split metrics at its operating threshold."""
+    rows = {
+        entry.name: {label: entry.metrics["test"][key] for key, label in TABLE_COLUMNS.items()}
+        | {"Threshold": entry.metrics["threshold"]}
+        for entry in entries
+    }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def best_per_column(table: pd.DataFrame) -> dict[str, str]:
+    """Which model is best in each metric column (lowest for log loss and ECE)."""
+    best = {}
+    for column in table.columns:
+        if column in ("n", "Threshold"):
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        if values.notna().any():
+            best[column] = values.idxmin() if column in LOWER_IS_BETTER else values.idxmax()
+    return best
+
+
+def confusion_figure(entry: ModelEntry) -> go.Figure:
+    """Confusion matrix at the operating threshold: counts and row percentages."""
+    matrix = np.array(entry.metrics["test"]["confusion_at_threshold"]["matrix"], dtype=float)
+    rows = matrix.sum(axis=1, keepdims=True)
+    percent = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0) * 100
+    names = list(entry.spec.class_names)
+    text = [[f"{int(matrix[i, j])}<br>{percent[i, j]:.1f}% of row" for j in range(2)] for i in range(2)]
+    figure = go.Figure(
+        go.Heatmap(
+            z=percent,
+            x=[f"predicted {n}" for n in names],
+            y=[f"true {n}" for n in names],
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=100,
+            showscale=False,
+            hovertemplate="%{y}, %{x}: %{text}<extra></extra>",
+        )
+    )
+    figure.update_layout(
+        title=f"{entry.name} (threshold {entry.metrics['threshold']:.3f})",
+        yaxis={"autorange": "reversed"},
+        height=320,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    return figure
+
+
+def roc_figure(entries: list[ModelEntry]) -> go.Figure:
+    """ROC curves of all models on one chart, each operating point marked."""
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
+    for entry in entries:
+        test = entry.metrics["test"]
+        if not test["roc_curve"]:
+            continue
+        figure.add_trace(
+            go.Scatter(
+                x=test["roc_curve"]["fpr"],
+                y=test["roc_curve"]["tpr"],
+                mode="lines",
+                name=f"{entry.name} (AUC {test['roc_auc']:.3f})",
+            )
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=[1 - test["specificity"]],
+                y=[test["sensitivity"]],
+                mode="markers",
+                marker={"size": 11, "symbol": "x"},
+                name=f"{entry.name} operating point",
+            )
+        )
+    figure.update_layout(
+        xaxis_title="1 - specificity (false-positive rate)",
+        yaxis_title="sensitivity (true-positive rate)",
+        height=460,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    )
+    return figure
+
+
+def history_figure(entry: ModelEntry) -> go.Figure:
+    """Loss and accuracy per epoch, training vs validation."""
+    history = pd.DataFrame(entry.history)
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    for column, metric in enumerate(("loss", "accuracy"), start=1):
+        for prefix, label in (("", "training"), ("val_", "validation")):
+            key = prefix + metric
+            if key in history:
+                figure.add_trace(
+                    go.Scatter(x=history["epoch"] + 1, y=history[key], mode="lines+markers", name=f"{label} {metric}"),
+                    row=1,
+                    col=column,
+                )
+    figure.update_xaxes(title_text="epoch")
+    figure.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title=entry.name)
+    return figure
+
+
+def subtype_table(entries: list[ModelEntry]) -> pd.DataFrame:
+    """Sensitivity on bacterial vs viral pneumonia per model (test split)."""
+    rows = {}
+    for entry in entries:
+        by_subtype = entry.metrics["test"]["sensitivity_by_subtype"]
+        rows[entry.name] = {
+            f"{subtype} sensitivity (n={values['n']})": values["sensitivity"] for subtype, values in by_subtype.items()
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")

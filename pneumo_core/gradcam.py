@@ -1,0 +1,128 @@
+"""Class-activation heatmaps with tf-keras-vis, and their overlay with OpenCV.
+
+The map is computed on the model's square input, then resized back to the
+original image's aspect ratio. It shows where the model looked, not a lesion outline.
+
+Usage:
+    explainer = Explainer(loaded)                 # build once per model
+    heat = explainer.heatmap(square, "Grad-CAM", target_class=1)
+    rgb = overlay(gray, heat, opacity=0.4, colormap="jet")
+"""
+
+from __future__ import annotations
+
+import cv2
+import keras
+import numpy as np
+from keras import layers
+from tf_keras_vis.gradcam import Gradcam
+from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+from tf_keras_vis.saliency import Saliency
+from tf_keras_vis.scorecam import Scorecam
+from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+from tf_keras_vis.utils.scores import CategoricalScore
+
+from pneumo_core.artifacts import LoadedModel
+
+CAM_METHODS = ("Grad-CAM", "Grad-CAM++", "Faster-ScoreCAM")
+SALIENCY_METHOD = "SmoothGrad saliency"
+FASTER_SCORECAM_MAPS = 10
+COLORMAPS = {
+    "jet": cv2.COLORMAP_JET,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "turbo": cv2.COLORMAP_TURBO,
+    "hot": cv2.COLORMAP_HOT,
+}
+
+
+def methods_for(loaded: LoadedModel) -> tuple[str, ...]:
+    """Heatmap methods that apply to a model: CAMs need a conv layer, the MLP gets saliency."""
+    return CAM_METHODS if loaded.spec.gradcam_layer else (SALIENCY_METHOD,)
+
+
+def two_logit_model(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` whose output is ``[-z/2, z/2]`` for the pre-sigmoid output ``z``.
+
+    Its softmax is exactly ``[1 - p, p]``, so every tf-keras-vis method (Score-CAM
+    applies a softmax) can explain either class with a ``CategoricalScore``.
+    """
+    linear = keras.models.clone_model(model)
+    linear.set_weights(model.get_weights())
+    ReplaceToLinear()(linear)
+    logit = linear.outputs[0]
+    pair = layers.Concatenate(name="two_logits")(
+        [layers.Rescaling(-0.5, name="normal_logit")(logit), layers.Rescaling(0.5, name="pneumonia_logit")(logit)]
+    )
+    return keras.Model(linear.inputs, pair, name=f"{model.name}_explain")
+
+
+class Explainer:
+    """Heatmap methods for one loaded model, built once and reused for every image."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        explain_model = two_logit_model(loaded.model)
+        self._visualizers = {
+            "Grad-CAM": Gradcam(explain_model, clone=False),
+            "Grad-CAM++": GradcamPlusPlus(explain_model, clone=False),
+            "Faster-ScoreCAM": Scorecam(explain_model, clone=False),
+            SALIENCY_METHOD: Saliency(explain_model, clone=False),
+        }
+
+    def heatmap(self, square: np.ndarray, method: str, target_class: int) -> np.ndarray:
+        """A ``(size, size)`` map in [0, 1] of the evidence for ``target_class``.
+
+        Args:
+            square: One ``(size, size)`` uint8 square from :func:`resize_square`.
+            method: One of :func:`methods_for`.
+            target_class: 1 explains PNEUMONIA, 0 explains NORMAL.
+        """
+        if method not in methods_for(self.loaded):
+            raise ValueError(f"{method!r} is not available for {self.loaded.spec.name}; use one of {methods_for(self.loaded)}.")
+        seed = self.loaded.spec.model_input(square[None])
+        score = CategoricalScore([target_class])
+        visualizer = self._visualizers[method]
+        if method == SALIENCY_METHOD:
+            cam = visualizer(score, seed, smooth_samples=16, smooth_noise=0.1)
+        else:
+            extra = {"max_N": FASTER_SCORECAM_MAPS} if method == "Faster-ScoreCAM" else {}
+            cam = visualizer(
+                score,
+                seed,
+                penultimate_layer=self.loaded.spec.gradcam_layer,
+                seek_penultimate_conv_layer=False,
+                **extra,
+            )
+        return _unit_range(np.asarray(cam, dtype=np.float32)[0])
+
+
+def overlay(gray: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4, colormap: str = "jet") -> np.ndarray:
+    """Blend a colour-mapped heatmap over a grayscale image at the image's own size.
+
+    Args:
+        gray: ``(h, w)`` uint8 image (any aspect ratio).
+        heatmap: Square map in [0, 1] computed on the model input.
+        opacity: Weight of the heatmap, 0 (image only) to 1 (heatmap only).
+        colormap: A key of ``COLORMAPS``.
+
+    Returns:
+        An ``(h, w, 3)`` uint8 RGB image.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be between 0 and 1, got {opacity}.")
+    if colormap not in COLORMAPS:
+        raise ValueError(f"Unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}.")
+    height, width = gray.shape
+    resized = cv2.resize(heatmap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    colored = cv2.applyColorMap(np.uint8(np.clip(resized, 0, 1) * 255), COLORMAPS[colormap])
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    blended = cv2.addWeighted(colored, opacity, base, 1.0 - opacity, 0.0)
+    return cv2.cvtColor(blended, cv2.COLOR_BGR2RGB)
+
+
+def _unit_range(cam: np.ndarray) -> np.ndarray:
+    """Scale a map to [0, 1]; a flat map (no evidence) becomes all zeros."""
+    cam = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(cam.min()), float(cam.max())
+    return (cam - low) / (high - low) if high > low else np.zeros_like(cam)
