@@ -34,7 +34,9 @@ st.subheader("Metrics at each model's operating threshold")
 table = comparison_table(shipped)
 best = best_per_column(table)
 styled = table.style.format(precision=3, na_rep="n/a").apply(
-    lambda column: ["font-weight: bold; background-color: #d4edda" if best.get(column.name) == name else "" for name in column.index]
+    lambda column: [
+        "font-weight: bold; background-color: #d4edda" if best.get(column.name) == name else "" for name in column.index
+    ]
 )
 st.dataframe(styled, key="metrics_table")
 st.caption("Best value in each column highlighted (lowest for log loss and ECE, the expected calibration error).")

@@ -8,7 +8,14 @@ import streamlit as st
 
 from pages.common import get_catalog, get_explainer, load_model
 from pneumo_core.catalog import best_model
-from pneumo_core.diagnosis import DISCLAIMER, compare_models, diagnose, explain_probability, list_samples, samples_credit
+from pneumo_core.diagnosis import (
+    DISCLAIMER,
+    compare_models,
+    diagnose,
+    explain_probability,
+    list_samples,
+    samples_credit,
+)
 from pneumo_core.gradcam import COLORMAPS, methods_for, overlay
 from pneumo_core.imaging import MAX_PIXELS, MAX_UPLOAD_MB, MIN_SIDE, decode_grayscale, fit_within, png_bytes
 

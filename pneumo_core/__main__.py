@@ -20,9 +20,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pneumo_core import data  # noqa: E402
-from pneumo_core.artifacts import MODELS_DIR  # noqa: E402
-from pneumo_core.registry import get_spec, model_names  # noqa: E402
+from pneumo_core import data
+from pneumo_core.artifacts import MODELS_DIR
+from pneumo_core.registry import get_spec, model_names
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -108,9 +108,7 @@ def shipped_model_dirs(models_dir: Path = MODELS_DIR) -> dict[str, Path]:
     """Model directories that hold a config, keyed by model name, in registry order."""
     from pneumo_core.registry import model_names
 
-    return {
-        name: models_dir / name for name in model_names() if (models_dir / name / CONFIG_FILE).is_file()
-    }
+    return {name: models_dir / name for name in model_names() if (models_dir / name / CONFIG_FILE).is_file()}
 
 
 def render_card(config: dict, metrics: dict) -> str:

@@ -67,7 +67,12 @@ def compare_models(models: list[LoadedModel], gray: np.ndarray) -> tuple[pd.Data
     results = [diagnose(loaded, gray) for loaded in models]
     table = pd.DataFrame(
         [
-            {"model": r.model, "P(pneumonia)": round(r.probability, 3), "threshold": round(r.threshold, 3), "label": r.label}
+            {
+                "model": r.model,
+                "P(pneumonia)": round(r.probability, 3),
+                "threshold": round(r.threshold, 3),
+                "label": r.label,
+            }
             for r in results
         ]
     )

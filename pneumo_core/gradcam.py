@@ -79,7 +79,9 @@ class Explainer:
             target_class: 1 explains PNEUMONIA, 0 explains NORMAL.
         """
         if method not in methods_for(self.loaded):
-            raise ValueError(f"{method!r} is not available for {self.loaded.spec.name}; use one of {methods_for(self.loaded)}.")
+            raise ValueError(
+                f"{method!r} is not available for {self.loaded.spec.name}; use one of {methods_for(self.loaded)}."
+            )
         seed = self.loaded.spec.model_input(square[None])
         score = CategoricalScore([target_class])
         visualizer = self._visualizers[method]

@@ -72,9 +72,7 @@ def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, bins: int =
     return float(error)
 
 
-def compute_metrics(
-    y_true: np.ndarray, prob: np.ndarray, threshold: float, subtypes: np.ndarray | None = None
-) -> dict:
+def compute_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float, subtypes: np.ndarray | None = None) -> dict:
     """All evaluation figures for one model on one set of images.
 
     Args:
@@ -94,7 +92,7 @@ def compute_metrics(
     both = len(np.unique(y_true)) == 2
     operating = confusion(y_true, prob, threshold)
     result = {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "n_per_class": {"NORMAL": int((y_true == 0).sum()), "PNEUMONIA": int((y_true == 1).sum())},
         **{key: operating[key] for key in ("accuracy", "precision", "recall", "sensitivity", "specificity", "f1")},
         "roc_auc": float(skm.roc_auc_score(y_true, prob)) if both else None,

@@ -96,8 +96,6 @@ def build_xception(input_size: int, channels: int = 3, weights: str | Path | Non
     return _transfer_model(keras.applications.Xception, "xception", input_size, weights, dropout=0.3)
 
 
-def build_densenet201(
-    input_size: int, channels: int = 3, weights: str | Path | None = "imagenet"
-) -> keras.Model:
+def build_densenet201(input_size: int, channels: int = 3, weights: str | Path | None = "imagenet") -> keras.Model:
     """DenseNet201 ImageNet transfer model, the seed project's own backbone."""
     return _transfer_model(keras.applications.DenseNet201, "densenet201", input_size, weights, dropout=0.3)

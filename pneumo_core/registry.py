@@ -74,8 +74,7 @@ class ModelSpec:
         """Turn ``(n, size, size)`` uint8 squares from :func:`resize_square` into model input."""
         if squares.ndim != 3 or squares.shape[1:] != (self.input_size, self.input_size):
             raise ValueError(
-                f"{self.name} expects squares of shape (n, {self.input_size}, {self.input_size}), "
-                f"got {squares.shape}."
+                f"{self.name} expects squares of shape (n, {self.input_size}, {self.input_size}), got {squares.shape}."
             )
         return keras.ops.convert_to_numpy(self.preprocess(squares[..., None]))
 

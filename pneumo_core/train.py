@@ -100,7 +100,9 @@ def set_trainable(model: keras.Model, first_trainable: str | None) -> None:
         layer.trainable = index >= start and not is_bn
 
 
-def fit_phase(model, train_ds, val_ds, args: TrainArgs, run_dir: Path, *, learning_rate, epochs, initial_epoch, weights):
+def fit_phase(
+    model, train_ds, val_ds, args: TrainArgs, run_dir: Path, *, learning_rate, epochs, initial_epoch, weights
+):
     """Compile and fit one phase with checkpointing, early stopping and LR reduction."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -205,8 +207,15 @@ def train(spec: ModelSpec, args: TrainArgs) -> Path:
         if spec.uses_backbone_weights:
             set_trainable(model, first_trainable)
         rows = fit_phase(
-            model, train_ds, val_ds, args, run_dir,
-            learning_rate=learning_rate, epochs=epochs, initial_epoch=len(history), weights=weights,
+            model,
+            train_ds,
+            val_ds,
+            args,
+            run_dir,
+            learning_rate=learning_rate,
+            epochs=epochs,
+            initial_epoch=len(history),
+            weights=weights,
         )
         history += [{**row, "phase": phase} for row in rows]
 
