@@ -131,17 +131,16 @@ def run_evaluate(args) -> int:
     from pneumo_core.evaluate import evaluate_folder
 
     result = evaluate_folder(_load(args.model, args.models_dir), args.data, args.split)
-    metrics = result["metrics"]
-    print(
-        f"{result['model']} on {result['data']}: accuracy {metrics['accuracy']:.3f}, "
-        f"sensitivity {metrics['sensitivity']:.3f}, specificity {metrics['specificity']:.3f}, "
-        f"ROC AUC {metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 3)} "
-        f"(threshold {result['threshold']:.3f})"
-    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out, result)
         print(f"wrote {args.out}")
+    metrics = result["metrics"]
+    figures = ", ".join(
+        f"{key} {'n/a' if metrics[key] is None else format(metrics[key], '.3f')}"
+        for key in ("accuracy", "sensitivity", "specificity", "roc_auc")
+    )
+    print(f"{result['model']} on {result['data']}: {figures} (threshold {result['threshold']:.3f})")
     return 0
 
 

@@ -122,7 +122,8 @@ def make_split(records: pd.DataFrame, seed: int = SPLIT_SEED) -> pd.DataFrame:
     fold_of = np.empty(len(records), dtype=int)
     for fold, (_, index) in enumerate(folds.split(records, records["subtype"], records["patient_id"])):
         fold_of[index] = fold
-    train_end, val_end = max(1, round(0.7 * n_folds)), max(2, round(0.85 * n_folds))
+    train_end = min(max(1, round(0.7 * n_folds)), n_folds - 2)
+    val_end = min(max(train_end + 1, round(0.85 * n_folds)), n_folds - 1)
     split = np.where(fold_of < train_end, "train", np.where(fold_of < val_end, "val", "test"))
     out = records.drop(columns=["path"], errors="ignore").assign(split=split)
     return out.sort_values(["label", "file"]).reset_index(drop=True)[SPLIT_COLUMNS]

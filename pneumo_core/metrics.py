@@ -32,7 +32,7 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, min_sensitivity: floa
     """
     if len(np.unique(y_true)) < 2:
         raise ValueError("Choosing a threshold needs both classes in the validation split.")
-    fpr, tpr, thresholds = skm.roc_curve(y_true, prob)
+    fpr, tpr, thresholds = skm.roc_curve(y_true, prob, drop_intermediate=False)
     admissible = np.flatnonzero(tpr >= min_sensitivity)
     best = admissible[np.argmin(fpr[admissible])]
     return float(min(thresholds[best], 1.0))

@@ -11,15 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import pytest
+from PIL import Image
 
+# Before anything imports TensorFlow (the test modules import pneumo_core after this file).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
 
 IMAGE_HEIGHT, IMAGE_WIDTH = 88, 72
 
@@ -41,7 +41,7 @@ PNEUMONIA_FILES = [
 
 
 def synthetic_xray(rng: np.random.Generator, bright: bool) -> np.ndarray:
-    """A ``(88, 72)`` uint8 image: dark for NORMAL, bright for PNEUMONIA, with noise and a vertical gradient."""
+    """A ``(88, 72)`` uint8 image: dark for NORMAL, bright for PNEUMONIA, plus noise and a gradient."""
     base = 185.0 if bright else 55.0
     gradient = np.linspace(-20.0, 20.0, IMAGE_HEIGHT)[:, None]
     noise = rng.normal(0.0, 12.0, (IMAGE_HEIGHT, IMAGE_WIDTH))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo_core.imaging import MIN_SIDE, decode_grayscale, resize_square
+from pneumo_core.imaging import MIN_SIDE, decode_grayscale, fit_within, png_bytes, resize_square
 
 HEIGHT, WIDTH = 80, 96
 
@@ -74,7 +74,8 @@ def test_decode_16bit_png_is_stretched_to_full_range():
     assert Image.open(io.BytesIO(data)).mode.startswith("I")
     out = decode_grayscale(data)
     assert_gray_uint8(out, (HEIGHT, WIDTH))
-    assert out.min() == 0 and out.max() == 255
+    assert out.min() == 0
+    assert out.max() == 255
     assert np.all(np.diff(out[0].astype(int)) >= 0)
     assert abs(int(out[0, WIDTH // 2]) - 128) <= 3
 
@@ -104,7 +105,8 @@ def test_decode_cmyk_jpeg(gray_array):
     assert Image.open(io.BytesIO(data)).mode == "CMYK"
     out = decode_grayscale(data)
     assert_gray_uint8(out, (HEIGHT, WIDTH))
-    assert out[:, :10].mean() < 50 and out[:, -10:].mean() > 200
+    assert out[:, :10].mean() < 50
+    assert out[:, -10:].mean() > 200
 
 
 def test_decode_la_png(gray_array):
@@ -126,7 +128,8 @@ def test_decode_one_bit_png():
     out = decode_grayscale(data)
     assert_gray_uint8(out, (HEIGHT, WIDTH))
     assert set(np.unique(out).tolist()) == {0, 255}
-    assert out[:, : WIDTH // 2].max() == 0 and out[:, WIDTH // 2 :].min() == 255
+    assert out[:, : WIDTH // 2].max() == 0
+    assert out[:, WIDTH // 2 :].min() == 255
 
 
 def test_decode_float_tiff_is_stretched():
@@ -136,7 +139,8 @@ def test_decode_float_tiff_is_stretched():
     assert Image.open(io.BytesIO(data)).mode == "F"
     out = decode_grayscale(data)
     assert_gray_uint8(out, (HEIGHT, WIDTH))
-    assert out[0, 0] == 0 and out[0, -1] == 255
+    assert out[0, 0] == 0
+    assert out[0, -1] == 255
     assert np.all(np.diff(out[0].astype(int)) >= 0)
 
 
@@ -153,7 +157,8 @@ def test_decode_honours_exif_orientation():
     assert Image.open(io.BytesIO(data)).size == (100, 70)
     out = decode_grayscale(data)
     assert_gray_uint8(out, (100, 70))
-    assert out[:45].mean() > 200 and out[55:].mean() < 50
+    assert out[:45].mean() > 200
+    assert out[55:].mean() < 50
 
 
 def test_empty_bytes_are_refused():
@@ -254,3 +259,19 @@ def test_resize_square_rejects_non_2d():
     """resize_square refuses a colour (3-D) array."""
     with pytest.raises(ValueError, match="2-D"):
         resize_square(np.zeros((80, 80, 3), dtype=np.uint8), 64)
+
+
+def test_fit_within_keeps_aspect_and_small_images():
+    """fit_within shrinks the longer side to max_side, keeping the aspect ratio; small images pass as is."""
+    tall = np.zeros((3000, 1500), dtype=np.uint8)
+    assert fit_within(tall, 1024).shape == (1024, 512)
+    small = np.zeros((300, 200), dtype=np.uint8)
+    assert fit_within(small, 1024) is small
+
+
+@pytest.mark.parametrize("shape", [(70, 90), (70, 90, 3)])
+def test_png_bytes_round_trip(shape):
+    """png_bytes encodes grayscale and RGB uint8 arrays losslessly."""
+    array = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    decoded = np.asarray(Image.open(io.BytesIO(png_bytes(array))))
+    np.testing.assert_array_equal(decoded, array)
