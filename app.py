@@ -10,9 +10,9 @@ st.set_page_config(page_title="Pneumonia X-ray assistant", page_icon="🫁", lay
 
 navigation = st.navigation(
     [
-        st.Page("pages/diagnose.py", title="Diagnose", icon="🩻", default=True),
-        st.Page("pages/compare.py", title="Compare models", icon="📊"),
-        st.Page("pages/cards.py", title="Model cards", icon="📄"),
+        st.Page("pages/diagnose.py", title="Diagnose", icon=":material/radiology:", default=True),
+        st.Page("pages/compare.py", title="Compare models", icon=":material/monitoring:"),
+        st.Page("pages/cards.py", title="Model cards", icon=":material/description:"),
     ]
 )
 navigation.run()

@@ -9,6 +9,7 @@ from pneumo_core.figures import (
     best_per_column,
     comparison_table,
     confusion_figure,
+    formatted,
     history_figure,
     roc_figure,
     subtype_table,
@@ -33,7 +34,7 @@ st.markdown(
 st.subheader("Metrics at each model's operating threshold")
 table = comparison_table(shipped)
 best = best_per_column(table)
-styled = table.style.format(precision=3, na_rep="n/a").apply(
+styled = formatted(table).style.apply(
     lambda column: [
         "font-weight: bold; background-color: #d4edda" if best.get(column.name) == name else "" for name in column.index
     ]
@@ -50,7 +51,7 @@ st.plotly_chart(roc_figure(shipped), key="roc")
 st.caption("Crosses mark each model's operating point (its threshold).")
 
 st.subheader("Sensitivity by pneumonia subtype")
-st.dataframe(subtype_table(shipped).style.format(precision=3), key="subtype_table")
+st.dataframe(formatted(subtype_table(shipped)), key="subtype_table")
 
 st.subheader("Training curves")
 for entry in shipped:

@@ -49,9 +49,11 @@ def diagnose(loaded: LoadedModel, gray: np.ndarray) -> Diagnosis:
 def explain_probability(result: Diagnosis) -> str:
     """A plain-language sentence on what the probability and the threshold mean."""
     side = "at or above" if result.target_class else "below"
+    if f"{result.probability:.1%}" == f"{result.threshold:.1%}":
+        side = "just " + side
     return (
-        f"The model estimates a {result.probability:.0%} probability of pneumonia. This is "
-        f"{side} its operating threshold of {result.threshold:.0%}, chosen on validation images so "
+        f"The model estimates a {result.probability:.1%} probability of pneumonia. This is "
+        f"{side} its operating threshold of {result.threshold:.1%}, chosen on validation images so "
         f"that at least 95% of pneumonia cases are flagged; hence the label {result.label}. "
         "The probability was calibrated on images from the training hospital and may be less "
         "reliable elsewhere. This is decision support, not a diagnosis: read the image yourself."

@@ -50,6 +50,17 @@ def best_per_column(table: pd.DataFrame) -> dict[str, str]:
     return best
 
 
+def formatted(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """The table as display strings: fixed decimals, integers as such, missing values as n/a."""
+
+    def cell(value: object) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "n/a"
+        return str(value) if isinstance(value, int | np.integer) else f"{value:.{digits}f}"
+
+    return table.apply(lambda column: column.map(cell))
+
+
 def confusion_figure(entry: ModelEntry) -> go.Figure:
     """Confusion matrix at the operating threshold: counts and row percentages."""
     matrix = np.array(entry.metrics["test"]["confusion_at_threshold"]["matrix"], dtype=float)

@@ -171,11 +171,29 @@ def app_page(browser, url: str, screenshot_name: str):
         page.get_by_text("Upload an X-ray or pick a sample to start.").wait_for()
         yield page
     finally:
-        SCREENSHOTS_DIR.mkdir(parents=True, exist_ok=True)
         try:
-            page.screenshot(path=str(SCREENSHOTS_DIR / f"{screenshot_name}.png"), full_page=True)
+            save_screenshot(page, screenshot_name)
         finally:
             context.close()
+
+
+def save_screenshot(page, name: str) -> Path:
+    """Save a full-page screenshot to ``tests/artifacts/screenshots/<name>.png``.
+
+    Streamlit scrolls inside its main container, not the document, so Playwright's
+    ``full_page`` alone would capture one viewport: the viewport is first stretched to
+    the height of the content.
+    """
+    SCREENSHOTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS_DIR / f"{name}.png"
+    height = page.evaluate(
+        "() => Math.max(document.body.scrollHeight,"
+        " ...[...document.querySelectorAll('[data-testid=stMain], [data-testid=stSidebarContent]')]"
+        ".map(element => element.scrollHeight))"
+    )
+    page.set_viewport_size({"width": page.viewport_size["width"], "height": min(max(int(height), 600), 8000)})
+    page.screenshot(path=str(path), full_page=True)
+    return path
 
 
 def upload(page, path: Path) -> None:

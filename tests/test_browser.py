@@ -1,0 +1,105 @@
+"""Real-browser tests: the app served by ``streamlit run`` and driven through Chromium.
+
+The server runs the tiny conftest models (``PNEUMO_MODELS_DIR=trained_models_dir``) for speed.
+Its output is in ``tests/artifacts/browser_server.log``; every test leaves a full-page
+screenshot in ``tests/artifacts/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from browser_support import (
+    RESULT_TIMEOUT_MS,
+    SAMPLES_DIR,
+    app_page,
+    choose_model,
+    chromium_browser,
+    require_chromium,
+    save_screenshot,
+    streamlit_server,
+    upload,
+    wait_for_result,
+    wait_until_idle,
+)
+
+pytestmark = pytest.mark.browser
+
+SAMPLE = SAMPLES_DIR / "person1371_virus_2361.jpeg"
+NOT_AN_IMAGE = "This file is not an image we can read"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for this module (skipped locally, failed under CI, when missing)."""
+    require_chromium()
+    with chromium_browser() as launched:
+        yield launched
+
+
+@pytest.fixture(scope="module")
+def server(browser, trained_models_dir):
+    """The app served on a free port with the tiny test models."""
+    with streamlit_server(trained_models_dir, "browser_server.log") as running:
+        yield running
+
+
+def assert_no_exception(page) -> None:
+    """No Python traceback (st.exception) is shown anywhere on the page."""
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def test_upload_shows_prediction_and_heatmap(browser, server):
+    """Uploading a sample X-ray with the cnn model shows the reading, its probability and a Grad-CAM overlay."""
+    with app_page(browser, server.url, "diagnose_upload_cnn") as page:
+        choose_model(page, "cnn")
+        wait_until_idle(page)
+        upload(page, SAMPLE)
+        wait_for_result(page)
+
+        metrics = page.get_by_test_id("stMetric")
+        reading = metrics.filter(has_text="Model's reading").get_by_test_id("stMetricValue").inner_text()
+        assert reading.strip() in {"NORMAL", "PNEUMONIA"}
+        probability = metrics.filter(has_text="Probability of pneumonia").get_by_test_id("stMetricValue")
+        assert probability.inner_text().strip().endswith("%")
+
+        captions = page.get_by_test_id("stImageCaption").all_inner_texts()
+        assert captions[0] == "Original"
+        assert any("Grad-CAM" in caption for caption in captions), captions
+        assert page.get_by_test_id("stImage").locator("img").count() >= 2
+        assert_no_exception(page)
+
+
+def test_compare_page_draws_confusion_matrices(browser, server):
+    """The "Compare models" page, opened from the sidebar, draws plotly confusion matrices."""
+    with app_page(browser, server.url, "compare_models") as page:
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Compare models").click()
+        page.get_by_role("heading", name="Compare models").wait_for()
+        page.locator(".js-plotly-plot").first.wait_for(timeout=RESULT_TIMEOUT_MS)
+        page.get_by_text("predicted NORMAL").first.wait_for()
+        wait_until_idle(page)
+        # One confusion matrix per shipped model (cnn, mlp), the ROC curves, one history per model.
+        assert page.get_by_test_id("stPlotlyChart").count() == 5
+        assert page.get_by_text("true PNEUMONIA").count() >= 2
+        assert_no_exception(page)
+
+
+def test_bad_upload_shows_clear_error_then_good_upload_works(browser, server, tmp_path):
+    """A text file renamed .png gives one clear error (no traceback); a good X-ray afterwards gives a result."""
+    fake = tmp_path / "report.png"
+    fake.write_text("Patient notes: this is plain text, not an X-ray.\n" * 20)
+    with app_page(browser, server.url, "diagnose_bad_then_good_upload") as page:
+        upload(page, fake)
+        error = page.get_by_test_id("stAlertContentError")
+        error.first.wait_for(timeout=RESULT_TIMEOUT_MS)
+        wait_until_idle(page)
+        assert error.count() == 1
+        assert NOT_AN_IMAGE in error.inner_text()
+        assert page.get_by_test_id("stMetric").count() == 0
+        assert_no_exception(page)
+        save_screenshot(page, "diagnose_bad_upload_error")
+
+        upload(page, SAMPLE)
+        wait_for_result(page)
+        assert page.get_by_test_id("stAlertContentError").count() == 0
+        assert page.get_by_test_id("stMetric").filter(has_text="Probability of pneumonia").count() == 1
+        assert_no_exception(page)
