@@ -49,6 +49,18 @@ class TrainDefaults:
     fine_tune_from: str | None = None
 
 
+def transfer_defaults(fine_tune_from: str) -> TrainDefaults:
+    """Head on the frozen ImageNet base for 3 epochs, then the top blocks fine-tuned at a low rate."""
+    return TrainDefaults(
+        epochs=3,
+        batch_size=32,
+        learning_rate=1e-3,
+        fine_tune_epochs=8,
+        fine_tune_learning_rate=3e-5,
+        fine_tune_from=fine_tune_from,
+    )
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model is and what it expects as input."""
@@ -123,14 +135,7 @@ REGISTRY: dict[str, ModelSpec] = {
             channels=3,
             preprocess=scale_xception,
             gradcam_layer="block14_sepconv2_act",
-            train=TrainDefaults(
-                epochs=3,
-                batch_size=32,
-                learning_rate=1e-3,
-                fine_tune_epochs=8,
-                fine_tune_learning_rate=3e-5,
-                fine_tune_from="block12_sepconv1_act",
-            ),
+            train=transfer_defaults(fine_tune_from="block12_sepconv1_act"),
             uses_backbone_weights=True,
         ),
         ModelSpec(
@@ -141,14 +146,7 @@ REGISTRY: dict[str, ModelSpec] = {
             channels=3,
             preprocess=scale_densenet,
             gradcam_layer="relu",
-            train=TrainDefaults(
-                epochs=3,
-                batch_size=32,
-                learning_rate=1e-3,
-                fine_tune_epochs=8,
-                fine_tune_learning_rate=3e-5,
-                fine_tune_from="conv5_block1_0_bn",
-            ),
+            train=transfer_defaults(fine_tune_from="conv5_block1_0_bn"),
             uses_backbone_weights=True,
             unavailable_reason=(
                 "Not shipped: its ImageNet weights cannot be downloaded on the machines this "

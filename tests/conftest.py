@@ -104,3 +104,13 @@ def trained_models_dir(tmp_path_factory, synthetic_dataset) -> Path:
         exit_code = main(argv)
         assert exit_code == 0, f"training {name} on the synthetic dataset failed (exit code {exit_code})"
     return models_dir
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (skipped locally, failed under CI, when missing)."""
+    from browser_support import chromium_browser, require_chromium
+
+    require_chromium()
+    with chromium_browser() as launched:
+        yield launched

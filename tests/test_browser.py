@@ -13,8 +13,6 @@ from browser_support import (
     SAMPLES_DIR,
     app_page,
     choose_model,
-    chromium_browser,
-    require_chromium,
     save_screenshot,
     streamlit_server,
     upload,
@@ -26,14 +24,6 @@ pytestmark = pytest.mark.browser
 
 SAMPLE = SAMPLES_DIR / "person1371_virus_2361.jpeg"
 NOT_AN_IMAGE = "This file is not an image we can read"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium for this module (skipped locally, failed under CI, when missing)."""
-    require_chromium()
-    with chromium_browser() as launched:
-        yield launched
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,6 @@ from browser_support import (
     SAMPLES_DIR,
     SCREENSHOTS_DIR,
     app_page,
-    chromium_browser,
-    require_chromium,
     streamlit_server,
     upload,
     wait_for_result,
@@ -39,14 +37,6 @@ PRUNED_DIRS = {".venv", ".git", "node_modules"}
 HOME_STATE_DIRS = (".streamlit", ".cache", ".keras", ".local")
 
 Snapshot = dict[str, tuple[int, int]]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium for this module (skipped locally, failed under CI, when missing)."""
-    require_chromium()
-    with chromium_browser() as launched:
-        yield launched
 
 
 @pytest.fixture(scope="module")
