@@ -38,13 +38,13 @@ def model_label(name: str) -> str:
 with st.sidebar:
     st.header("Model")
     choice = st.selectbox(
-        "Model", list(entries), index=list(entries).index(best.name), format_func=model_label, key="model"
+        "Model to run", list(entries), index=list(entries).index(best.name), format_func=model_label, key="model"
     )
     entry = entries[choice]
     st.caption(entry.spec.description)
     for other in entries.values():
         if not other.shipped:
-            st.caption(f"🚫 **{other.name}** — {other.unavailable_reason}")
+            st.caption(f":material/block: **{other.name}** (unavailable): {other.unavailable_reason}")
 
 # --- Input -------------------------------------------------------------------------------------
 samples = list_samples()
@@ -63,11 +63,9 @@ if samples:
     st.caption(samples_credit())
 
 upload = st.session_state.get("upload")
-source = st.session_state.get("source")
-if source == "upload" and upload is not None:
-    image_bytes = upload.getvalue()
-elif source in {s.key for s in samples}:
-    image_bytes = next(s for s in samples if s.key == source).path.read_bytes()
+sample = {s.key: s for s in samples}.get(st.session_state.get("source"))
+if sample is not None:
+    image_bytes = sample.path.read_bytes()
 elif upload is not None:
     image_bytes = upload.getvalue()
 else:
