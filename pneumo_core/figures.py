@@ -126,18 +126,28 @@ def roc_figure(entries: list[ModelEntry]) -> go.Figure:
 
 
 def history_figure(entry: ModelEntry) -> go.Figure:
-    """Loss and accuracy per epoch, training vs validation."""
+    """Loss and accuracy per epoch, training (solid) vs validation (dashed); fine-tuning start marked."""
     history = pd.DataFrame(entry.history)
     figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
     for column, metric in enumerate(("loss", "accuracy"), start=1):
-        for prefix, label in (("", "training"), ("val_", "validation")):
+        for prefix, label, dash in (("", "training", "solid"), ("val_", "validation", "dash")):
             key = prefix + metric
             if key in history:
                 figure.add_trace(
-                    go.Scatter(x=history["epoch"] + 1, y=history[key], mode="lines+markers", name=f"{label} {metric}"),
+                    go.Scatter(
+                        x=history["epoch"] + 1,
+                        y=history[key],
+                        mode="lines+markers",
+                        line={"dash": dash},
+                        name=f"{label} {metric}",
+                    ),
                     row=1,
                     col=column,
                 )
+    fine_tune = history.index[history.get("phase", pd.Series(dtype=str)) == "fine-tune"]
+    if len(fine_tune):
+        first_epoch = int(history.loc[fine_tune[0], "epoch"]) + 1
+        figure.add_vline(x=first_epoch - 0.5, line_dash="dot", annotation_text="fine-tuning", row="all", col="all")
     figure.update_xaxes(title_text="epoch")
     figure.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title=entry.name)
     return figure
