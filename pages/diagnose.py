@@ -14,6 +14,7 @@ from pneumo_core.diagnosis import (
     diagnose,
     explain_probability,
     list_samples,
+    percent,
     samples_credit,
 )
 from pneumo_core.gradcam import COLORMAPS, methods_for, overlay
@@ -89,8 +90,8 @@ result = diagnose(loaded, gray)
 st.subheader("Result")
 label_column, probability_column, threshold_column = st.columns(3)
 label_column.metric("Model's reading", result.label)
-probability_column.metric("Probability of pneumonia", f"{result.probability:.1%}")
-threshold_column.metric("Operating threshold", f"{result.threshold:.1%}")
+probability_column.metric("Probability of pneumonia", percent(result.probability))
+threshold_column.metric("Operating threshold", percent(result.threshold))
 st.markdown(explain_probability(result))
 
 # --- Heatmap ------------------------------------------------------------------------------------

@@ -46,14 +46,23 @@ def diagnose(loaded: LoadedModel, gray: np.ndarray) -> Diagnosis:
     return Diagnosis(loaded.spec.name, probability, loaded.threshold, loaded.label(probability))
 
 
+def percent(probability: float) -> str:
+    """A probability as a percentage with one decimal, never claiming 0% or 100%."""
+    if probability > 0.999:
+        return ">99.9%"
+    if probability < 0.001:
+        return "<0.1%"
+    return f"{probability:.1%}"
+
+
 def explain_probability(result: Diagnosis) -> str:
     """A plain-language sentence on what the probability and the threshold mean."""
     side = "at or above" if result.target_class else "below"
-    if f"{result.probability:.1%}" == f"{result.threshold:.1%}":
+    if percent(result.probability) == percent(result.threshold):
         side = "just " + side
     return (
-        f"The model estimates a {result.probability:.1%} probability of pneumonia. This is "
-        f"{side} its operating threshold of {result.threshold:.1%}, chosen on validation images so "
+        f"The model estimates a {percent(result.probability)} probability of pneumonia. This is "
+        f"{side} its operating threshold of {percent(result.threshold)}, chosen on validation images so "
         f"that at least 95% of pneumonia cases are flagged; hence the label {result.label}. "
         "The probability was calibrated on images from the training hospital and may be less "
         "reliable elsewhere. This is decision support, not a diagnosis: read the image yourself."
