@@ -173,34 +173,22 @@ def load_split_frames(args: TrainArgs) -> dict[str, pd.DataFrame]:
     return {name: frame[frame["split"] == name].reset_index(drop=True) for name in ("train", "val", "test")}
 
 
-def train(spec: ModelSpec, args: TrainArgs) -> Path:
-    """Train ``spec`` and write its complete artifact directory.
+def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: dict) -> list[dict]:
+    """Fit the model: one phase from scratch, or head then fine-tuning for transfer models.
 
     Returns:
-        The model directory ``<out>/<name>``.
+        One row per epoch with the Keras metrics and the phase name.
     """
-    if spec.uses_backbone_weights and args.backbone_weights is None:
-        raise ValueError(f"{spec.name} needs --backbone-weights PATH, 'imagenet' or 'none'.")
-    keras.utils.set_random_seed(args.seed)
-    started = time.time()
-    frames = load_split_frames(args)
-    squares = {name: data.load_arrays(frame["path"].tolist(), spec.input_size) for name, frame in frames.items()}
-    targets = {name: data.labels_of(frame) for name, frame in frames.items()}
-    LOGGER.info("Loaded %s images in %.0f s", {k: len(v) for k, v in squares.items()}, time.time() - started)
-
-    build_kwargs = {"weights": args.backbone_weights} if spec.uses_backbone_weights else {}
-    model = spec.builder(input_size=spec.input_size, channels=spec.channels, **build_kwargs)
     train_ds = make_dataset(squares["train"], targets["train"], spec, args.batch_size, augment_seed=args.seed)
     val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None)
     run_dir = Path(args.run_dir) / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "history.csv").unlink(missing_ok=True)
     weights = class_weights(targets["train"])
-
-    history = []
     phases = [("head" if spec.uses_backbone_weights else "full", args.learning_rate, args.epochs, None)]
     if spec.uses_backbone_weights:
         phases.append(("fine-tune", args.fine_tune_learning_rate, args.fine_tune_epochs, args.fine_tune_from))
+    history = []
     for phase, learning_rate, epochs, first_trainable in phases:
         if epochs <= 0:
             continue
@@ -218,6 +206,27 @@ def train(spec: ModelSpec, args: TrainArgs) -> Path:
             weights=weights,
         )
         history += [{**row, "phase": phase} for row in rows]
+    return history
+
+
+def train(spec: ModelSpec, args: TrainArgs) -> Path:
+    """Train ``spec`` and write its complete artifact directory.
+
+    Returns:
+        The model directory ``<out>/<name>``.
+    """
+    if spec.uses_backbone_weights and args.backbone_weights is None:
+        raise ValueError(f"{spec.name} needs --backbone-weights PATH, 'imagenet' or 'none'.")
+    keras.utils.set_random_seed(args.seed)
+    started = time.time()
+    frames = load_split_frames(args)
+    squares = {name: data.load_arrays(frame["path"].tolist(), spec.input_size) for name, frame in frames.items()}
+    targets = {name: data.labels_of(frame) for name, frame in frames.items()}
+    LOGGER.info("Loaded %s images in %.0f s", {k: len(v) for k, v in squares.items()}, time.time() - started)
+
+    build_kwargs = {"weights": args.backbone_weights} if spec.uses_backbone_weights else {}
+    model = spec.builder(input_size=spec.input_size, channels=spec.channels, **build_kwargs)
+    history = run_phases(model, spec, args, squares, targets)
 
     val_input = spec.model_input(squares["val"])
     calibration = calibrate(model, val_input, targets["val"])
