@@ -129,7 +129,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="xception",
-            description="Xception pretrained on ImageNet, fine-tuned on X-rays (224x224): most accurate.",
+            description="Xception pretrained on ImageNet, fine-tuned on X-rays (224x224): the largest model.",
             builder=models.build_xception,
             input_size=224,
             channels=3,
