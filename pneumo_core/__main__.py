@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=20)
     bench.add_argument("--models-dir", type=Path, default=MODELS_DIR)
 
-    report = commands.add_parser("report", help="regenerate the README tables from metrics.json and bench.json")
+    report = commands.add_parser(
+        "report", help="regenerate the model cards and README tables from metrics.json and bench.json"
+    )
     report.add_argument("--readme", type=Path, default=Path("README.md"))
     report.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     return parser

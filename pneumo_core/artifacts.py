@@ -120,6 +120,7 @@ def render_card(config: dict, metrics: dict) -> str:
         for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "ece")
     )
     split_sizes = ", ".join(f"{k}: {v}" for k, v in config["data"]["split_sizes"].items())
+    heatmap = "Grad-CAM, Grad-CAM++ or Faster-ScoreCAM" if spec["gradcam_layer"] else "SmoothGrad saliency"
     return f"""# Model card: `{spec["name"]}`
 
 {spec["description"]}
@@ -135,11 +136,11 @@ split by patient 70/15/15 ({split_sizes}; split sha256 `{config["data"]["split_h
 
 ## Input
 Grayscale, squashed (not cropped) to {spec["input_size"]}x{spec["input_size"]}, preprocessing
-`{spec["preprocess"].rsplit(".", 1)[-1]}`, {spec["channels"]} channel(s).
+`{spec["preprocess"].rsplit(".", 1)[-1]}`, {spec["channels"]} {"channel" if spec["channels"] == 1 else "channels"}.
 
 ## Intended use
 Second-reader support for clinicians and researchers reviewing pediatric chest X-rays
-for pneumonia, with a Grad-CAM map of where the model looked.
+for pneumonia, with a heatmap of where the model looked ({heatmap}).
 
 ## Metrics (internal test split, n = {test["n"]}, threshold {config["threshold"]:.3f})
 | metric | value |
@@ -157,6 +158,14 @@ Threshold rule: {config["threshold_rule"]}
 - It separates NORMAL from PNEUMONIA only; it cannot recognise other findings.
 - The probability is calibrated on the validation split, not on your population.
 """
+
+
+def refresh_card(directory: Path) -> None:
+    """Re-render ``card.md`` from the saved config and metrics and update its checksum."""
+    config = read_json(directory / CONFIG_FILE)
+    (directory / CARD_FILE).write_text(render_card(config, read_json(directory / METRICS_FILE)))
+    config["checksums"][CARD_FILE] = sha256_of(directory / CARD_FILE)
+    write_json(directory / CONFIG_FILE, config)
 
 
 def _fmt(value: float | None) -> str:

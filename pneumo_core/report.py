@@ -1,4 +1,4 @@
-"""Regenerate the README's result tables from ``models/*/metrics.json`` and ``bench/bench.json``.
+"""Regenerate the model cards and the README's result tables from ``models/*/metrics.json`` and ``bench/bench.json``.
 
 The tables sit between ``<!-- metrics:start -->``/``<!-- metrics:end -->`` and
 ``<!-- bench:start -->``/``<!-- bench:end -->`` markers; nothing in them is typed by hand.
@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from pneumo_core.artifacts import METRICS_FILE, read_json, shipped_model_dirs
+from pneumo_core.artifacts import METRICS_FILE, read_json, refresh_card, shipped_model_dirs
 
 BENCH_FILE = Path(__file__).resolve().parent.parent / "bench" / "bench.json"
 
@@ -73,7 +73,9 @@ def replace_block(text: str, marker: str, body: str) -> str:
 
 
 def update_readme(readme: Path, models_dir: Path) -> None:
-    """Rewrite the metrics and benchmark tables of ``readme`` in place."""
+    """Re-render every model card, then rewrite the metrics and benchmark tables of ``readme``."""
+    for directory in shipped_model_dirs(models_dir).values():
+        refresh_card(directory)
     text = readme.read_text()
     text = replace_block(text, "metrics", metrics_table(models_dir))
     text = replace_block(text, "bench", bench_table())
