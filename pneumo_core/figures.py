@@ -71,21 +71,22 @@ def confusion_figure(entry: ModelEntry) -> go.Figure:
     figure = go.Figure(
         go.Heatmap(
             z=percent,
-            x=[f"predicted {n}" for n in names],
-            y=[f"true {n}" for n in names],
+            x=names,
+            y=names,
             text=text,
             texttemplate="%{text}",
             colorscale="Blues",
             zmin=0,
             zmax=100,
             showscale=False,
-            hovertemplate="%{y}, %{x}: %{text}<extra></extra>",
+            hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
         )
     )
     figure.update_layout(
         title=f"{entry.name} (threshold {entry.metrics['threshold']:.3f})",
-        yaxis={"autorange": "reversed"},
-        height=320,
+        xaxis_title="predicted",
+        yaxis={"autorange": "reversed", "title": "true"},
+        height=340,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
     return figure
