@@ -18,7 +18,15 @@ from pneumo_core.diagnosis import (
     samples_credit,
 )
 from pneumo_core.gradcam import COLORMAPS, methods_for, overlay
-from pneumo_core.imaging import MAX_PIXELS, MAX_UPLOAD_MB, MIN_SIDE, decode_grayscale, fit_within, png_bytes
+from pneumo_core.imaging import (
+    MAX_PIXELS,
+    MAX_UPLOAD_MB,
+    MIN_SIDE,
+    conversion_note,
+    decode_grayscale,
+    fit_within,
+    png_bytes,
+)
 
 st.title("Pneumonia check on a chest X-ray")
 st.caption(DISCLAIMER)
@@ -83,6 +91,9 @@ except ValueError as error:
     st.error(f"Cannot use this file. {error}")
     st.stop()
 digest = hashlib.sha256(image_bytes).hexdigest()
+note = conversion_note(image_bytes)
+if note:
+    st.info(note)
 
 # --- Prediction (shown before the heatmap is computed) -------------------------------------------
 loaded = load_model(str(entry.directory))

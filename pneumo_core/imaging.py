@@ -61,6 +61,25 @@ def decode_grayscale(data: bytes) -> np.ndarray:
     return gray
 
 
+def conversion_note(data: bytes) -> str | None:
+    """Tell the user how an unusual image was converted, or ``None`` for plain 8-bit images.
+
+    Call it on bytes that :func:`decode_grayscale` accepted.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        mode = image.mode
+    if mode in _HIGH_DEPTH_MODES:
+        return (
+            f"This is a high-bit-depth image (mode {mode}). Its intensity range was stretched to 8 bits, "
+            "as the models expect; contrast may differ from your viewer."
+        )
+    if mode == "CMYK":
+        return "This is a CMYK image; it was converted to grayscale for the model."
+    if mode in {"RGBA", "LA", "PA"}:
+        return "This image has transparency; it was flattened onto black for the model."
+    return None
+
+
 def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
     """Squash a grayscale image to ``size`` x ``size`` without cropping.
 

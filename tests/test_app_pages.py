@@ -205,11 +205,12 @@ def cmyk_jpeg() -> bytes:
     ids=["16-bit-png", "cmyk-jpeg"],
 )
 def test_unusual_but_valid_images_are_accepted(app, name, data, mime):
-    """16-bit PNGs and CMYK JPEGs are decoded and diagnosed, not refused."""
+    """16-bit PNGs and CMYK JPEGs are diagnosed, not refused, with one note on how they were converted."""
     upload(app, name, data, mime)
     assert not app.exception, app.exception
     assert not app.error
     assert result_shown(app)
+    assert [info.value for info in app.info if "converted" in info.value or "stretched" in info.value]
 
 
 def test_good_upload_works_after_a_bad_one(app):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo_core.imaging import MIN_SIDE, decode_grayscale, fit_within, png_bytes, resize_square
+from pneumo_core.imaging import MIN_SIDE, conversion_note, decode_grayscale, fit_within, png_bytes, resize_square
 
 HEIGHT, WIDTH = 80, 96
 
@@ -275,3 +275,12 @@ def test_png_bytes_round_trip(shape):
     array = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
     decoded = np.asarray(Image.open(io.BytesIO(png_bytes(array))))
     np.testing.assert_array_equal(decoded, array)
+
+
+def test_conversion_note_names_unusual_modes():
+    """16-bit, CMYK and transparent images get a note on their conversion; plain 8-bit images do not."""
+    sixteen = Image.fromarray(np.full((80, 80), 40000, dtype=np.uint16))
+    assert "stretched to 8 bits" in conversion_note(encode(sixteen, "PNG"))
+    assert "CMYK" in conversion_note(encode(Image.new("CMYK", (80, 80)), "JPEG"))
+    assert "transparency" in conversion_note(encode(Image.new("RGBA", (80, 80)), "PNG"))
+    assert conversion_note(encode(Image.new("L", (80, 80)), "PNG")) is None
