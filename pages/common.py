@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import TypeVar
 
 import streamlit as st
 
 from pneumo_core.artifacts import LoadedModel, load_model_dir
 from pneumo_core.catalog import ModelEntry, catalog, models_dir
 from pneumo_core.gradcam import Explainer
+
+T = TypeVar("T")
 
 
 @st.cache_resource(show_spinner=False)
@@ -31,3 +35,16 @@ def load_model(directory: str) -> LoadedModel:
 def get_explainer(directory: str) -> Explainer:
     """The Grad-CAM family for one model, built once per process."""
     return Explainer(load_model(directory))
+
+
+def session_memo(slot: str, key: Hashable, compute: Callable[[], T]) -> T:
+    """The value last computed for ``key`` in this browser session, recomputed only when ``key`` changes.
+
+    Widget changes rerun the page; this keeps them from redoing the decode, the prediction or the
+    heatmap. One value per slot is kept, in memory only.
+    """
+    stored = st.session_state.get(slot)
+    if stored is None or stored[0] != key:
+        stored = (key, compute())
+        st.session_state[slot] = stored
+    return stored[1]

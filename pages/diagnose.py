@@ -6,7 +6,7 @@ import hashlib
 
 import streamlit as st
 
-from pages.common import get_catalog, get_explainer, load_model
+from pages.common import get_catalog, get_explainer, load_model, session_memo
 from pneumo_core.catalog import best_model
 from pneumo_core.diagnosis import (
     DISCLAIMER,
@@ -85,19 +85,19 @@ if not entry.shipped:
     st.warning(f"{entry.name} cannot be used: {entry.unavailable_reason}")
     st.stop()
 
+digest = hashlib.sha256(image_bytes).hexdigest()
 try:
-    gray = decode_grayscale(image_bytes)
+    gray = session_memo("decoded", digest, lambda: decode_grayscale(image_bytes))
 except ValueError as error:
     st.error(f"Cannot use this file. {error}")
     st.stop()
-digest = hashlib.sha256(image_bytes).hexdigest()
 note = conversion_note(image_bytes)
 if note:
     st.info(note)
 
 # --- Prediction (shown before the heatmap is computed) -------------------------------------------
 loaded = load_model(str(entry.directory))
-result = diagnose(loaded, gray)
+result = session_memo("result", (digest, entry.name), lambda: diagnose(loaded, gray))
 st.subheader("Result")
 label_column, probability_column, threshold_column = st.columns(3)
 label_column.metric("Model's reading", result.label)
@@ -122,13 +122,15 @@ explained = settings[3].radio(
     key="explain_class",
 )
 
-heat_key = (digest, entry.name, method, explained)
-cached = st.session_state.get("heatmap")
-if cached is None or cached[0] != heat_key:
+explainer = get_explainer(str(entry.directory))
+
+
+def compute_heatmap():
     with st.spinner(f"Computing {method}…"):
-        square = loaded.square(gray)
-        st.session_state["heatmap"] = (heat_key, get_explainer(str(entry.directory)).heatmap(square, method, explained))
-heatmap = st.session_state["heatmap"][1]
+        return explainer.heatmap(loaded.square(gray), method, explained)
+
+
+heatmap = session_memo("heatmap", (digest, entry.name, method, explained), compute_heatmap)
 
 shown = fit_within(gray)
 blended = overlay(shown, heatmap, opacity=opacity, colormap=colormap)

@@ -122,6 +122,23 @@ def test_sample_button_shows_metrics_and_images(app):
     assert not app.info
 
 
+def test_heatmap_settings_rerun_without_recomputing_the_prediction(app, monkeypatch):
+    """Moving the opacity slider or changing the colormap keeps the result and does not predict again."""
+    app.button(key=f"sample_{SAMPLE.key}").click().run()
+    before = [metric.value for metric in app.metric]
+    import pneumo_core.diagnosis
+
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("the prediction was recomputed")
+
+    monkeypatch.setattr(pneumo_core.diagnosis, "predict_gray", forbidden)
+    app.slider(key="opacity").set_value(0.8).run()
+    app.selectbox(key="colormap").set_value("viridis").run()
+    assert not app.exception, app.exception
+    assert [metric.value for metric in app.metric] == before
+    assert result_shown(app)
+
+
 def test_upload_shows_metrics_and_images(app):
     """Uploading a JPEG through the file uploader shows the result and both images."""
     upload(app, *good_upload())
