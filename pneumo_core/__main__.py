@@ -119,13 +119,12 @@ def run_train(args) -> int:
 
 def _load(name: str, models_dir: Path):
     from pneumo_core.artifacts import load_model_dir
+    from pneumo_core.catalog import catalog
 
-    spec = get_spec(name)
-    directory = models_dir / name
-    if not (directory / "config.json").is_file():
-        reason = spec.unavailable_reason or f"Train it with `python -m pneumo_core train --model {name}`."
-        raise ValueError(f"No trained {name} in {models_dir}. {reason}")
-    return load_model_dir(directory)
+    entry = next(entry for entry in catalog(models_dir) if entry.name == name)
+    if not entry.shipped:
+        raise ValueError(f"No trained {name} in {models_dir}. {entry.unavailable_reason}")
+    return load_model_dir(entry.directory)
 
 
 def run_evaluate(args) -> int:
