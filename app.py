@@ -1,12 +1,29 @@
 """Pneumonia chest X-ray decision support: the Streamlit entry point.
 
 Usage:
-    streamlit run app.py
+    streamlit run app.py            # or `make run`; see README, "Deploying for a team"
 """
 
 import streamlit as st
 
 st.set_page_config(page_title="Pneumonia X-ray assistant", page_icon="🫁", layout="wide")
+
+
+def sign_in_required() -> bool:
+    """Sign-in is required when ``.streamlit/secrets.toml`` has an ``[auth]`` (OpenID Connect) section."""
+    try:
+        return "auth" in st.secrets
+    except FileNotFoundError:
+        return False
+
+
+if sign_in_required() and not st.user.is_logged_in:
+    st.title("Pneumonia X-ray assistant")
+    st.info("This server requires you to sign in with your organisation's account.")
+    st.button("Sign in", on_click=st.login, key="sign_in", type="primary")
+    st.stop()
+if sign_in_required():
+    st.sidebar.button("Sign out", on_click=st.logout, key="sign_out")
 
 navigation = st.navigation(
     [
