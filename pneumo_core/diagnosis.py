@@ -1,8 +1,8 @@
-"""Turning a prediction into what the clinician reads, and running every model on one image.
+"""What the clinician reads: formatting a reading, and running every model on one image.
 
 Usage:
-    result = diagnose(loaded, gray)
-    print(result.label, result.probability, explain_probability(result))
+    reading = Reader(loaded).read(xray)
+    print(reading.label, percent(reading.probability), explain_probability(reading))
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
-from pneumo_core.artifacts import LoadedModel
-from pneumo_core.inference import predict_gray
+from pneumo_core.imaging import XRay
+from pneumo_core.reading import Reader, Reading
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 SAMPLES_FILE = ASSETS_DIR / "samples" / "samples.json"
@@ -23,27 +24,6 @@ DISCLAIMER = (
     "Decision support for clinicians, not a diagnosis and not a medical device. Trained on "
     "pediatric chest X-rays (ages 1-5) from one hospital; not validated on adults."
 )
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    """One model's reading of one image."""
-
-    model: str
-    probability: float
-    threshold: float
-    label: str
-
-    @property
-    def target_class(self) -> int:
-        """Index of the predicted class (1 = PNEUMONIA)."""
-        return int(self.probability >= self.threshold)
-
-
-def diagnose(loaded: LoadedModel, gray: np.ndarray) -> Diagnosis:
-    """Predict one decoded image with one model at its operating threshold."""
-    probability = predict_gray(loaded, gray)
-    return Diagnosis(loaded.spec.name, probability, loaded.threshold, loaded.label(probability))
 
 
 def percent(probability: float) -> str:
@@ -55,39 +35,122 @@ def percent(probability: float) -> str:
     return f"{probability:.1%}"
 
 
-def explain_probability(result: Diagnosis) -> str:
+def explain_probability(reading: Reading) -> str:
     """A plain-language sentence on what the probability and the threshold mean."""
-    side = "at or above" if result.target_class else "below"
-    if percent(result.probability) == percent(result.threshold):
+    if reading.probability is None:
+        return f"No reading: {reading.reason}"
+    side = "at or above" if reading.target_class else "below"
+    if percent(reading.probability) == percent(reading.threshold):
         side = "just " + side
     return (
-        f"The model estimates a {percent(result.probability)} probability of pneumonia. This is "
-        f"{side} its operating threshold of {percent(result.threshold)}, chosen on validation images so "
-        f"that at least 95% of pneumonia cases are flagged; hence the label {result.label}. "
+        f"The model estimates a {percent(reading.probability)} probability of pneumonia. This is "
+        f"{side} its operating threshold of {percent(reading.threshold)}, chosen on validation images so "
+        f"that at least 95% of pneumonia cases are flagged; hence the label {reading.label}. "
         "The probability was calibrated on images from the training hospital and may be less "
         "reliable elsewhere. This is decision support, not a diagnosis: read the image yourself."
     )
 
 
-def compare_models(models: list[LoadedModel], gray: np.ndarray) -> tuple[pd.DataFrame, bool]:
+BAND_LEVEL = 0.99
+
+
+@dataclass(frozen=True)
+class Band:
+    """The scores around the operating threshold where a reading is indeterminate.
+
+    Derived from the validation ROC curve: ``low`` is the highest score below which at most
+    1 - ``level`` of validation pneumonia cases fell, ``high`` the lowest score above which at most
+    1 - ``level`` of validation normal cases fell. Between them both classes were common.
+    """
+
+    low: float
+    high: float
+    level: float = BAND_LEVEL
+
+    def contains(self, probability: float) -> bool:
+        """Whether a score lies inside the band."""
+        return self.low <= probability < self.high
+
+
+def indeterminate_band(
+    fpr: list[float], tpr: list[float], thresholds: list[float], threshold: float, level: float = BAND_LEVEL
+) -> Band:
+    """The indeterminate band from a validation ROC curve (see :class:`Band`), always containing ``threshold``.
+
+    Args:
+        fpr: False-positive rates of the ROC curve, in scikit-learn's order (decreasing thresholds).
+        tpr: True-positive rates, same order.
+        thresholds: Score thresholds, same order.
+        threshold: The operating threshold.
+        level: The sensitivity (below the band) and specificity (above it) the edges guarantee on validation.
+    """
+    fpr, tpr, cuts = (np.asarray(values, dtype=float) for values in (fpr, tpr, thresholds))
+    if not (len(fpr) == len(tpr) == len(cuts)) or len(cuts) == 0:
+        raise ValueError("The ROC curve needs equally long, non-empty fpr, tpr and thresholds.")
+    sensitive = cuts[tpr >= level]
+    specific = cuts[fpr <= 1.0 - level]
+    low = float(sensitive.max()) if len(sensitive) else 0.0
+    high = float(specific.min()) if len(specific) else 1.0
+    return Band(low=min(low, threshold), high=max(min(high, 1.0), threshold), level=level)
+
+
+def verdict(reading: Reading, band: Band | None) -> str:
+    """What the clinician reads first: the label, or "INDETERMINATE" inside the band."""
+    if reading.probability is None:
+        return "NO READING"
+    if band is not None and band.contains(reading.probability):
+        return "INDETERMINATE"
+    return reading.label
+
+
+def gauge_figure(reading: Reading, band: Band | None) -> go.Figure:
+    """A 0-100 % gauge of the score with the threshold marked and the indeterminate band shaded."""
+    threshold = reading.threshold * 100
+    low, high = (band.low * 100, band.high * 100) if band else (threshold, threshold)
+    figure = go.Figure(
+        go.Indicator(
+            mode="gauge+number",
+            value=reading.probability * 100,
+            number={"suffix": "%", "valueformat": ".1f"},
+            gauge={
+                "axis": {"range": [0, 100], "ticksuffix": "%"},
+                "bar": {"color": "#1f2937", "thickness": 0.3},
+                "steps": [
+                    {"range": [0, low], "color": "#cfe8d5"},
+                    {"range": [low, high], "color": "#e5e7eb"},
+                    {"range": [high, 100], "color": "#f6d0cc"},
+                ],
+                "threshold": {"line": {"color": "#b91c1c", "width": 4}, "thickness": 0.9, "value": threshold},
+            },
+            title={"text": "Pneumonia score (red line: operating threshold)", "font": {"size": 15}},
+        )
+    )
+    figure.update_layout(height=240, margin={"t": 60, "b": 10, "l": 30, "r": 30})
+    return figure
+
+
+def compare_models(readers: list[Reader], xray: XRay) -> tuple[pd.DataFrame, bool]:
     """Run every model on one image.
 
     Returns:
-        A table (model, probability, threshold, label) and whether all labels agree.
+        A table (model, reading, probability and threshold as percentages, note) and whether all
+        models that accepted the image agree on its label.
     """
-    results = [diagnose(loaded, gray) for loaded in models]
+    readings = [reader.read(xray) for reader in readers]
     table = pd.DataFrame(
         [
             {
                 "model": r.model,
-                "P(pneumonia)": round(r.probability, 3),
-                "threshold": round(r.threshold, 3),
-                "label": r.label,
+                "reading": r.label if r.accepted else "refused",
+                "P(pneumonia)": percent(r.probability) if r.probability is not None else "",
+                "threshold": percent(r.threshold),
+                "note": r.reason or "",
             }
-            for r in results
+            for r in readings
         ]
     )
-    return table, len({r.label for r in results}) == 1
+    labels = {r.label for r in readings if r.accepted}
+    return table, len(labels) == 1 and all(r.accepted for r in readings)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,157 @@
+"""From bytes to a reading: the one pipeline that the app, the CLI, evaluation, the benchmark and batch share.
+
+``imaging.read_xray`` turns bytes of any supported format into an :class:`~pneumo_core.imaging.XRay`
+(the contract's grayscale plus conversion notes); a :class:`Reader` turns X-rays into
+:class:`Reading` objects (probability, label at the operating threshold, and whether the input was
+accepted) and computes heatmaps on demand. Callers only display or store what comes out.
+
+Usage:
+    reader = Reader(load_model_dir(Path("models/cnn")))
+    reading = reader.read(read_xray(data, "upload.png"))
+    heat = reader.heatmap(xray, "Grad-CAM", reading.target_class)
+    for name, reading in read_sources(reader, [("a.png", path_a), ("b.dcm", bytes_b)]):
+        print(name, reading.to_row(name))
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pneumo_core.artifacts import LoadedModel
+from pneumo_core.imaging import ImageRejected, XRay, read_xray, read_xray_file
+
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One model's reading of one input.
+
+    An unreadable or refused input has ``accepted=False``, a ``reason`` and no probability or label.
+    """
+
+    model: str
+    threshold: float
+    probability: float | None = None
+    label: str | None = None
+    accepted: bool = True
+    reason: str | None = None
+    ood_score: float | None = None
+
+    @property
+    def target_class(self) -> int:
+        """Index of the predicted class (1 = PNEUMONIA); only meaningful for an accepted reading."""
+        return int(self.probability is not None and self.probability >= self.threshold)
+
+    def to_row(self, image: str) -> dict:
+        """A flat JSON/CSV-friendly row: image, accepted, ood_score, reason, probability, label, threshold."""
+        return {
+            "image": image,
+            "model": self.model,
+            "accepted": self.accepted,
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+            "reason": self.reason,
+            "probability": None if self.probability is None else round(self.probability, 6),
+            "label": self.label,
+            "threshold": round(self.threshold, 6),
+        }
+
+
+class Reader:
+    """Reads X-rays with one loaded model. Read-only after construction: share it across sessions and threads."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self._explainer = None
+        self._explainer_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """The model's registry name."""
+        return self.loaded.spec.name
+
+    def refused(self, reason: str) -> Reading:
+        """A reading for an input that could not be read or was refused."""
+        return Reading(model=self.name, threshold=self.loaded.threshold, accepted=False, reason=reason)
+
+    def read(self, xray: XRay) -> Reading:
+        """Read one X-ray."""
+        return self.read_many([xray])[0]
+
+    def read_many(self, xrays: Sequence[XRay]) -> list[Reading]:
+        """Read several X-rays in one batched forward pass."""
+        if not xrays:
+            return []
+        squares = np.stack([self.loaded.square(xray.gray) for xray in xrays])
+        probabilities = self.loaded.predict_squares(squares)
+        return [self._accepted(float(probability)) for probability in probabilities]
+
+    def _accepted(self, probability: float) -> Reading:
+        return Reading(
+            model=self.name,
+            threshold=self.loaded.threshold,
+            probability=probability,
+            label=self.loaded.label(probability),
+        )
+
+    def heatmap(self, xray: XRay, method: str, target_class: int) -> np.ndarray:
+        """A square map in [0, 1] of the evidence for ``target_class`` (see :mod:`pneumo_core.gradcam`)."""
+        return self.explainer.heatmap(self.loaded.square(xray.gray), method, target_class)
+
+    @property
+    def explainer(self):
+        """The heatmap methods of this model, built on first use."""
+        with self._explainer_lock:
+            if self._explainer is None:
+                from pneumo_core.gradcam import Explainer
+
+                self._explainer = Explainer(self.loaded)
+            return self._explainer
+
+
+Source = tuple[str, "bytes | Path"]
+
+
+def read_sources(
+    reader: Reader, sources: Iterable[Source], batch_size: int = DEFAULT_BATCH_SIZE
+) -> Iterator[tuple[str, Reading]]:
+    """Stream readings for many inputs, decoding at most ``batch_size`` images at a time.
+
+    Args:
+        reader: The model to read with.
+        sources: ``(name, bytes or path)`` pairs; paths are read with the bounded file reader.
+        batch_size: How many decoded images are held in memory at once.
+
+    Yields:
+        ``(name, reading)`` in input order, one per source; an unreadable input yields a refused
+        reading with the reason, never an exception.
+    """
+    pending: list[tuple[str, XRay | str]] = []
+    for name, source in sources:
+        pending.append((name, _decode(name, source)))
+        if len(pending) >= batch_size:
+            yield from _read_pending(reader, pending)
+            pending = []
+    yield from _read_pending(reader, pending)
+
+
+def _decode(name: str, source: bytes | Path) -> XRay | str:
+    """The decoded X-ray, or the reason it cannot be read."""
+    try:
+        return read_xray_file(source) if isinstance(source, Path) else read_xray(source, name)
+    except ImageRejected as error:
+        return str(error)
+    except OSError as error:
+        return f"The file could not be read ({error.strerror or type(error).__name__})."
+
+
+def _read_pending(reader: Reader, pending: list[tuple[str, XRay | str]]) -> Iterator[tuple[str, Reading]]:
+    xrays = [item for _, item in pending if isinstance(item, XRay)]
+    readings = iter(reader.read_many(xrays))
+    for name, item in pending:
+        yield name, next(readings) if isinstance(item, XRay) else reader.refused(item)
