@@ -1,5 +1,10 @@
 """Evaluate a trained model on the internal test split or on any image folder.
 
+Images that cannot be read (corrupt, not an image, refused by the decoder) do not stop the run:
+they are left out, listed with their reason under ``unreadable`` in the result, and the metrics
+are computed on the rest. Images are decoded in bounded batches, so a large folder never holds
+more than one batch of decoded images in memory.
+
 Usage:
     python -m pneumo_core evaluate --model cnn --data ../shared/data/chest_xray
     python -m pneumo_core evaluate --model cnn --data path/to/chest_xray/test --out official.json
@@ -7,16 +12,33 @@ Usage:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pneumo_core import data
 from pneumo_core.artifacts import LoadedModel
 from pneumo_core.metrics import compute_metrics
+from pneumo_core.reading import Reader, read_sources
+
+LOGGER = logging.getLogger(__name__)
+EVAL_BATCH_SIZE = 64
+LOGGED_UNREADABLE = 10
 
 
-def evaluation_frame(data_dir: Path, split: str, expected_split_hash: str | None = None) -> tuple[pd.DataFrame, str]:
+class NothingReadable(ValueError):
+    """Not one image of the chosen set could be read; ``str(error)`` gives the first reasons."""
+
+
+def evaluation_frame(
+    data_dir: Path,
+    split: str,
+    expected_split_hash: str | None = None,
+    records: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, str]:
     """The images to evaluate and a description of where they come from.
 
     With ``split="auto"``, a folder whose images are those of the saved split is
@@ -27,15 +49,18 @@ def evaluation_frame(data_dir: Path, split: str, expected_split_hash: str | None
         split: ``auto``, ``all``, ``train``, ``val`` or ``test``.
         expected_split_hash: The split hash a model was trained with; evaluating on a
             split is refused if the committed split file no longer has this hash.
+        records: The folder's listing, when the caller already has it (see :func:`data.list_images`).
     """
-    records = data.list_images(data_dir)
+    if records is None:
+        records = data.list_images(data_dir)
+    where = data.shown(data_dir)
     if split == "all":
-        return records, f"all {len(records)} images of {data_dir}"
+        return records, f"all {len(records)} images of {where}"
     saved = data.read_split()
     in_split = records.merge(saved[["file", "label", "split"]], on=["file", "label"], how="inner")
     if split == "auto":
         if len(in_split) != len(saved) or len(records) != len(saved):
-            return records, f"all {len(records)} images of {data_dir} (not the split's data)"
+            return records, f"all {len(records)} images of {where} (not the split's data)"
         split = "test"
     if expected_split_hash and data.split_hash() != expected_split_hash:
         raise ValueError(
@@ -43,19 +68,77 @@ def evaluation_frame(data_dir: Path, split: str, expected_split_hash: str | None
             "may contain training images. Retrain the model or restore the split file."
         )
     if len(in_split) != len(saved):
-        raise ValueError(f"{data_dir} does not hold the images of the saved split; use --split all.")
+        raise ValueError(f"{where} does not hold the images of the saved split; use --split all.")
     chosen = in_split[in_split["split"] == split].reset_index(drop=True)
     return chosen, f"internal {split} split ({len(chosen)} images, split sha256 {data.split_hash()[:12]})"
 
 
-def evaluate_folder(loaded: LoadedModel, data_dir: Path, split: str = "auto") -> dict:
-    """Metrics of ``loaded`` at its operating threshold on the chosen images."""
-    frame, description = evaluation_frame(data_dir, split, loaded.config["data"]["split_hash"])
-    squares = data.load_arrays(frame["path"].tolist(), loaded.spec.input_size)
-    prob = loaded.predict_squares(squares)
+def evaluate_folder(
+    loaded: LoadedModel, data_dir: Path, split: str = "auto", batch_size: int = EVAL_BATCH_SIZE
+) -> dict:
+    """Metrics of ``loaded`` at its operating threshold on the chosen images.
+
+    Args:
+        loaded: The model to evaluate.
+        data_dir: A dataset folder (see :mod:`pneumo_core.data`).
+        split: ``auto``, ``all``, ``train``, ``val`` or ``test`` (see :func:`evaluation_frame`).
+        batch_size: How many images are decoded and held in memory at once.
+
+    Returns:
+        A JSON-serialisable dict: ``model``, ``data`` (what was evaluated), ``threshold``,
+        ``metrics`` (see :func:`pneumo_core.metrics.compute_metrics`, on the readable images),
+        ``n_listed`` (images chosen before reading), ``unreadable`` and ``skipped`` (lists of
+        ``{"file": "LABEL/name", "reason": ...}``: images left out because they could not be
+        read, and folder entries that are not images).
+
+    Raises:
+        ValueError: If the folder has no images, or none of the chosen images can be read.
+    """
+    listing = data.scan_images(data_dir)
+    frame, description = evaluation_frame(data_dir, split, _trained_split_hash(loaded), listing.records)
+    outcomes = list(_probabilities_or_reasons(loaded, [Path(path) for path in frame["path"]], batch_size))
+    readable = np.array([not isinstance(outcome, str) for outcome in outcomes], dtype=bool)
+    unreadable = [
+        {"file": f"{label}/{data.shown(file)}", "reason": outcome}
+        for label, file, outcome in zip(frame["label"], frame["file"], outcomes, strict=True)
+        if isinstance(outcome, str)
+    ]
+    if not readable.any():
+        raise NothingReadable(
+            f"None of the {len(frame)} images of {description} could be read: {_examples(unreadable)}"
+        )
+    if unreadable:
+        LOGGER.warning("Left out %d unreadable image(s): %s", len(unreadable), _examples(unreadable))
+        description += f"; {len(unreadable)} unreadable left out"
+    kept = frame[readable]
+    probabilities = np.array([outcome for outcome in outcomes if not isinstance(outcome, str)], dtype=float)
     return {
         "model": loaded.spec.name,
         "data": description,
         "threshold": loaded.threshold,
-        "metrics": compute_metrics(data.labels_of(frame), prob, loaded.threshold, frame["subtype"].to_numpy()),
+        "metrics": compute_metrics(data.labels_of(kept), probabilities, loaded.threshold, kept["subtype"].to_numpy()),
+        "n_listed": len(frame),
+        "unreadable": unreadable,
+        "skipped": [{"file": entry.file, "reason": entry.reason} for entry in listing.skipped],
     }
+
+
+def _trained_split_hash(loaded: LoadedModel) -> str | None:
+    """The split hash recorded when ``loaded`` was trained."""
+    return loaded.config.data.split_hash
+
+
+def _probabilities_or_reasons(loaded: LoadedModel, paths: Sequence[Path], batch_size: int) -> Iterator[float | str]:
+    """Per path, in order: its pneumonia probability, or the reason it cannot be read or was refused.
+
+    At most ``batch_size`` decoded images are held at once; only the probabilities are kept.
+    """
+    sources = ((path.name, path) for path in paths)
+    for _, reading in read_sources(Reader(loaded), sources, batch_size=batch_size):
+        yield reading.probability if reading.accepted else reading.reason
+
+
+def _examples(unreadable: list[dict]) -> str:
+    shown = "; ".join(f"{entry['file']}: {entry['reason']}" for entry in unreadable[:LOGGED_UNREADABLE])
+    more = len(unreadable) - LOGGED_UNREADABLE
+    return shown + (f"; and {more} more" if more > 0 else "")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import shutil
 
 import numpy as np
@@ -125,7 +127,10 @@ def test_list_images_errors(tmp_path):
         data.list_images(tmp_path)
     for name in data.CLASS_NAMES:
         (tmp_path / name).mkdir()
-    with pytest.raises(ValueError, match=r"No \.jpeg/\.jpg/\.png images"):
+    with pytest.raises(ValueError, match=r"No images \(PNG, JPEG or DICOM\) found"):
+        data.list_images(tmp_path)
+    (tmp_path / "NORMAL" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="1 other entries were skipped"):
         data.list_images(tmp_path)
 
 
@@ -270,3 +275,163 @@ def test_load_arrays_names_the_bad_file(tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=r"bad\.jpeg"):
         data.load_arrays([str(bad)], 64)
+
+
+# --- Odd folders: manifests, names, links and files that are not images (issue 6, item 3). ---
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def small_folder(root, per_class: int = 2):
+    """``root/{NORMAL,PNEUMONIA}`` with ``per_class`` tiny Kermany-named JPEGs each (bytes need not decode)."""
+    for label, stem in (("NORMAL", "IM-{:04d}-0001.jpeg"), ("PNEUMONIA", "person{}_bacteria_1.jpeg")):
+        (root / label).mkdir(parents=True)
+        for index in range(1, per_class + 1):
+            (root / label / stem.format(index)).write_bytes(b"\xff\xd8\xff" + bytes(16))
+    return root
+
+
+def by_file(frame: pd.DataFrame) -> dict:
+    """``{(label, file): (subtype, patient_id)}`` of a listing."""
+    return {(row.label, row.file): (row.subtype, row.patient_id) for row in frame.itertuples()}
+
+
+def test_list_images_with_numeric_and_missing_patient_ids(tmp_path):
+    """A manifest with numeric patient ids, some empty, lists them as strings (no pandas 3 TypeError).
+
+    Leading zeros survive; an empty patient id or subtype falls back to the file name.
+    """
+    root = small_folder(tmp_path)
+    (root / "manifest.csv").write_text(
+        "file,label,subtype,patient_id\n"
+        "IM-0001-0001.jpeg,NORMAL,normal,12\n"
+        "IM-0002-0001.jpeg,NORMAL,,007\n"
+        "person1_bacteria_1.jpeg,PNEUMONIA,virus,\n"
+    )
+    frame = data.list_images(root)
+    assert all(frame[column].map(type).eq(str).all() for column in data.RECORD_COLUMNS)
+    assert by_file(frame) == {
+        ("NORMAL", "IM-0001-0001.jpeg"): ("normal", "12"),
+        ("NORMAL", "IM-0002-0001.jpeg"): ("normal", "007"),
+        ("PNEUMONIA", "person1_bacteria_1.jpeg"): ("virus", "person1"),
+        ("PNEUMONIA", "person2_bacteria_1.jpeg"): ("bacteria", "person2"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("manifest", "expected_patient"),
+    [
+        ("file,label,subtype\nIM-0001-0001.jpeg,NORMAL,normal\n", "IM-0001"),
+        ("file,patient_id\nIM-0001-0001.jpeg,42\n", "42"),
+        ("file,label,subtype,patient_id\n", "IM-0001"),
+        (" file , label , patient_id \nIM-0001-0001.jpeg , NORMAL , 5 \n", "5"),
+    ],
+    ids=["no-patient-column", "no-label-column", "header-only", "padded"],
+)
+def test_list_images_tolerates_missing_manifest_columns(tmp_path, manifest, expected_patient):
+    """A manifest without some columns, or without rows, falls back to the file names where it is silent."""
+    root = small_folder(tmp_path)
+    (root / "manifest.csv").write_text(manifest)
+    frame = data.list_images(root)
+    assert by_file(frame)[("NORMAL", "IM-0001-0001.jpeg")] == ("normal", expected_patient)
+    assert by_file(frame)[("PNEUMONIA", "person2_bacteria_1.jpeg")] == ("bacteria", "person2")
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (b"", "cannot be read as a CSV file"),
+        (b"name,patient_id\nIM-0001-0001.jpeg,1\n", "has no 'file' column"),
+        (b'file,label\n"IM-0001-0001.jpeg,NORMAL\n', "cannot be read as a CSV file"),
+        (b"file,label\n\xff\xfe\x00,NORMAL\n", "cannot be read as a CSV file"),
+        (b"file,label\nIM-0001-0001.jpeg,NORMAL\nIM-0001-0001.jpeg,NORMAL\n", "lists IM-0001-0001.jpeg / NORMAL more"),
+    ],
+    ids=["empty", "no-file-column", "unterminated-quote", "not-utf8", "duplicate-row"],
+)
+def test_malformed_manifest_is_a_clear_value_error(tmp_path, manifest, message):
+    """A manifest that cannot be used raises ManifestError (a ValueError) naming manifest.csv."""
+    root = small_folder(tmp_path)
+    (root / "manifest.csv").write_bytes(manifest)
+    with pytest.raises(data.ManifestError, match=message) as caught:
+        data.list_images(root)
+    assert "manifest.csv" in str(caught.value)
+
+
+def dicom_like_bytes() -> bytes:
+    """A 128-byte preamble and ``DICM``: enough for the listing to recognise a DICOM file."""
+    return bytes(128) + b"DICM" + bytes(32)
+
+
+def test_scan_images_skips_odd_entries_with_a_warning(tmp_path, caplog):
+    """Folders named like images, link loops, dangling links, pipes, non-images and undecodable names are skipped.
+
+    Each is named in a warning and in ``skipped``; hidden files are ignored silently; odd but valid
+    names (spaces, unicode), ``.dcm`` files, extension-less DICOM/PNG files and symlinks to images are listed.
+    """
+    root = small_folder(tmp_path)
+    normal, pneumonia = root / "NORMAL", root / "PNEUMONIA"
+    (normal / "x.png").mkdir()
+    (normal / "loop.jpeg").symlink_to(normal / "loop.jpeg")
+    (normal / "gone.jpeg").symlink_to(tmp_path / "does-not-exist.jpeg")
+    os.mkfifo(normal / "fifo.png")
+    (normal / "README.txt").write_text("not an image")
+    (normal / ".DS_Store").write_bytes(b"\x00\x01")
+    (normal / "Röntgen bild 1.JPG").write_bytes(b"\xff\xd8\xff")
+    (normal / "scan.dcm").write_bytes(b"anything: decoding decides")
+    (normal / "1.2.840.10008.5.1.4").write_bytes(dicom_like_bytes())
+    (pneumonia / "no_suffix_png").write_bytes(PNG_MAGIC + bytes(8))
+    (pneumonia / "link.jpeg").symlink_to(pneumonia / "person1_bacteria_1.jpeg")
+    (pneumonia / "text.jpeg").write_text("a text file with an image suffix is listed; evaluate reports it")
+    os.close(os.open(os.fsencode(pneumonia) + b"/bad\xffname.png", os.O_CREAT | os.O_WRONLY))
+
+    with caplog.at_level(logging.WARNING, logger="pneumo_core.data"):
+        listing = data.scan_images(root)
+
+    listed = set(zip(listing.records["label"], listing.records["file"], strict=True))
+    assert listed == {
+        ("NORMAL", "IM-0001-0001.jpeg"),
+        ("NORMAL", "IM-0002-0001.jpeg"),
+        ("NORMAL", "Röntgen bild 1.JPG"),
+        ("NORMAL", "scan.dcm"),
+        ("NORMAL", "1.2.840.10008.5.1.4"),
+        ("PNEUMONIA", "person1_bacteria_1.jpeg"),
+        ("PNEUMONIA", "person2_bacteria_1.jpeg"),
+        ("PNEUMONIA", "no_suffix_png"),
+        ("PNEUMONIA", "link.jpeg"),
+        ("PNEUMONIA", "text.jpeg"),
+    }
+    reasons = {entry.file: entry.reason for entry in listing.skipped}
+    assert reasons == {
+        "NORMAL/README.txt": "it is not a PNG, JPEG or DICOM image",
+        "NORMAL/fifo.png": "it is not a regular file (a pipe, socket or device)",
+        "NORMAL/gone.jpeg": "it is a broken symbolic link (its target does not exist)",
+        "NORMAL/loop.jpeg": "it is a symbolic link loop",
+        "NORMAL/x.png": "it is a folder, not an image file (sub-folders are not searched)",
+        "PNEUMONIA/bad\\udcffname.png": "its name is not valid UTF-8 text; rename the file",
+    }
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == len(reasons)
+    for file, reason in reasons.items():
+        assert any(file.split("/")[1] in message and reason in message for message in warnings), file
+    assert ".DS_Store" not in " ".join(warnings)
+    assert listing.records.groupby("label")["file"].apply(lambda f: f.is_monotonic_increasing).all()
+
+
+def test_empty_class_folder_is_listed_with_a_warning(tmp_path, caplog):
+    """An empty NORMAL/ is not an error for the listing; it is named in a warning."""
+    root = small_folder(tmp_path)
+    for path in (root / "NORMAL").iterdir():
+        path.unlink()
+    with caplog.at_level(logging.WARNING, logger="pneumo_core.data"):
+        frame = data.list_images(root)
+    assert set(frame["label"]) == {"PNEUMONIA"}
+    assert any("NORMAL holds no images" in record.getMessage() for record in caplog.records)
+
+
+def test_load_arrays_names_a_missing_or_special_file(tmp_path):
+    """load_arrays turns OS errors and non-regular files into a ValueError naming the path."""
+    with pytest.raises(ValueError, match=r"gone\.jpeg: The file does not exist"):
+        data.load_arrays([str(tmp_path / "gone.jpeg")], 64)
+    os.mkfifo(tmp_path / "fifo.jpeg")
+    with pytest.raises(ValueError, match=r"fifo\.jpeg: This is not a regular file"):
+        data.load_arrays([str(tmp_path / "fifo.jpeg")], 64)
