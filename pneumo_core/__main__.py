@@ -5,6 +5,8 @@ Usage:
     python -m pneumo_core train    --model NAME --data DIR [--epochs N] [--backbone-weights PATH] [--out models/]
     python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
     python -m pneumo_core predict  --model NAME IMAGE... [--json]
+    python -m pneumo_core batch    --model NAME --data DIR_OR_GLOB... --out FILE.parquet|.csv [--engine local|ray]
+                                   [--address ADDR] [--workers N] [--cpus-per-worker N] [--batch-size N]
     python -m pneumo_core bench    [--out bench.json] [--repeats N]
     python -m pneumo_core report   [--readme README.md]
 """
@@ -59,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", type=Path)
     predict.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    batch = commands.add_parser("batch", help="score a folder or glob of X-rays into one Parquet or CSV file")
+    batch.add_argument("--model", required=True, choices=model_names())
+    batch.add_argument("--data", required=True, nargs="+", help="folders, files or quoted glob patterns ('a/**/*.dcm')")
+    batch.add_argument("--out", required=True, type=Path, help="a .parquet or .csv file: one row per input file")
+    batch.add_argument("--engine", choices=["local", "ray"], help="default: ray if an address is set, else local")
+    batch.add_argument("--address", help="a running Ray cluster; default RAY_ADDRESS, else Ray starts on this machine")
+    batch.add_argument("--workers", type=int, default=1, help="Ray actors, each loading the model once")
+    batch.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (and TensorFlow threads) per Ray actor")
+    batch.add_argument("--batch-size", type=int, help="images decoded and predicted together (default 32)")
+    batch.add_argument("--models-dir", type=Path, default=MODELS_DIR)
 
     bench = commands.add_parser("bench", help="latency benchmark of the shipped models")
     bench.add_argument("--out", type=Path, default=Path("bench/bench.json"))
@@ -119,12 +132,17 @@ def run_train(args) -> int:
 
 def _load(name: str, models_dir: Path):
     from pneumo_core.artifacts import load_model_dir
+
+    return load_model_dir(_shipped_dir(name, models_dir))
+
+
+def _shipped_dir(name: str, models_dir: Path) -> Path:
     from pneumo_core.catalog import catalog
 
     entry = next(entry for entry in catalog(models_dir) if entry.name == name)
     if not entry.shipped:
         raise ValueError(f"No trained {name} in {models_dir}. {entry.unavailable_reason}")
-    return load_model_dir(entry.directory)
+    return entry.directory
 
 
 def run_evaluate(args) -> int:
@@ -166,6 +184,27 @@ def run_predict(args) -> int:
     return 1 if failures else 0
 
 
+def run_batch(args) -> int:
+    from pneumo_core.batch import RaySettings, choose_engine, score_files
+    from pneumo_core.reading import DEFAULT_BATCH_SIZE
+    from pneumo_core.sources import expand_inputs
+
+    engine = choose_engine(args.engine, args.address)
+    result = score_files(
+        _shipped_dir(args.model, args.models_dir),
+        expand_inputs(args.data),
+        args.out,
+        engine=engine,
+        batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
+        ray_settings=RaySettings(address=args.address, workers=args.workers, cpus_per_worker=args.cpus_per_worker),
+    )
+    print(
+        f"wrote {result.out}: {result.rows} rows, {result.refused} refused, "
+        f"{result.seconds:.1f} s ({result.images_per_second:.1f} images/s, {engine} engine)"
+    )
+    return 0
+
+
 def run_bench(args) -> int:
     from pneumo_core.bench import run_benchmark
 
@@ -185,6 +224,7 @@ COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
     "predict": run_predict,
+    "batch": run_batch,
     "bench": run_bench,
     "report": run_report,
 }
