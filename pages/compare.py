@@ -14,6 +14,7 @@ from pneumo_core.figures import (
     roc_figure,
     subtype_table,
 )
+from pneumo_core.tuning_figures import parallel_coordinates_figure, read_tuning, tuning_caption, tuning_table
 
 st.title("Compare models")
 shipped = [entry for entry in get_catalog() if entry.shipped]
@@ -56,3 +57,20 @@ st.dataframe(formatted(subtype_table(shipped)), key="subtype_table")
 st.subheader("Training curves")
 for entry in shipped:
     st.plotly_chart(history_figure(entry), key=f"history_{entry.name}")
+
+# --- Hyper-parameter search (tuning.json, written by `python -m pneumo_core tune`) -------------------
+searches = []
+for entry in shipped:
+    try:
+        tuning = read_tuning(entry.directory)
+    except ValueError as error:
+        st.warning(str(error))
+        continue
+    if tuning is not None:
+        searches.append((entry.name, tuning))
+if searches:
+    st.subheader("Hyper-parameter search")
+    for name, tuning in searches:
+        st.markdown(f"**`{name}`**: {tuning_caption(tuning)}")
+        st.plotly_chart(parallel_coordinates_figure(tuning), key=f"tuning_parcoords_{name}")
+        st.dataframe(tuning_table(tuning), key=f"tuning_table_{name}")

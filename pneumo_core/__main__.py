@@ -9,6 +9,7 @@ Usage:
                                    [--address ADDR] [--workers N] [--cpus-per-worker N] [--batch-size N]
     python -m pneumo_core bench    [--out bench.json] [--repeats N]
     python -m pneumo_core report   [--readme README.md]
+    python -m pneumo_core tune     --model NAME --data DIR [--max-trials N] [--budget-minutes M] [--proxy-size PX]
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--split-file", type=Path, default=data.DEFAULT_SPLIT_FILE)
     train.add_argument("--seed", type=int, default=data.SPLIT_SEED)
     train.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    train.add_argument(
+        "--params", type=Path, help="hyper-parameters: a tuning.json (its best trial) or a JSON object of values"
+    )
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model on a folder of images")
     evaluate.add_argument("--model", required=True, choices=model_names())
@@ -78,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=20)
     bench.add_argument("--models-dir", type=Path, default=MODELS_DIR)
 
+    tune = commands.add_parser("tune", help="hyper-parameter search (KerasTuner); writes models/<name>/tuning.json")
+    tune.add_argument("--model", required=True, choices=model_names())
+    tune.add_argument("--data", type=Path, default=data.DEFAULT_DATA_ROOT)
+    tune.add_argument("--max-trials", type=int, default=30, help="total trials of the project (resumed ones count)")
+    tune.add_argument("--budget-minutes", type=float, default=85.0, help="time budget of this run of the search")
+    tune.add_argument("--proxy-size", type=int, default=96, help="input size of the trials (smaller than the model's)")
+    tune.add_argument("--epochs-per-trial", type=int, default=6)
+    tune.add_argument("--batch-size", type=int, help="default: the model's training batch size")
+    tune.add_argument("--out", type=Path, default=MODELS_DIR, help="tuning.json goes to OUT/<name>/")
+    tune.add_argument("--run-dir", type=Path, default=Path("runs/tune"), help="KerasTuner project (resumable)")
+    tune.add_argument("--split-file", type=Path, default=data.DEFAULT_SPLIT_FILE)
+    tune.add_argument("--seed", type=int, default=data.SPLIT_SEED)
+
     report = commands.add_parser(
         "report", help="regenerate the model cards and README tables from metrics.json and bench.json"
     )
@@ -104,7 +121,7 @@ def run_split(args) -> int:
 
 
 def run_train(args) -> int:
-    from pneumo_core.train import TrainArgs, train
+    from pneumo_core.train import TrainArgs, train, with_params_file
 
     spec = get_spec(args.model)
     if not spec.shippable and args.backbone_weights in (None, "imagenet"):
@@ -126,6 +143,8 @@ def run_train(args) -> int:
         patience=args.patience,
         run_dir=str(args.run_dir),
     )
+    if args.params is not None:
+        resolved = with_params_file(resolved, spec, args.params)
     print(f"wrote {train(spec, resolved)}")
     return 0
 
@@ -219,6 +238,27 @@ def run_report(args) -> int:
     return 0
 
 
+def run_tune(args) -> int:
+    from pneumo_core.tune import TuneArgs, tune
+
+    spec = get_spec(args.model)
+    resolved = TuneArgs(
+        model=spec.name,
+        data=str(args.data),
+        out=str(args.out),
+        run_dir=str(args.run_dir),
+        split_file=str(args.split_file),
+        max_trials=args.max_trials,
+        budget_minutes=args.budget_minutes,
+        proxy_size=args.proxy_size,
+        epochs_per_trial=args.epochs_per_trial,
+        batch_size=args.batch_size or spec.train.batch_size,
+        seed=args.seed,
+    )
+    print(f"wrote {tune(spec, resolved)}")
+    return 0
+
+
 COMMANDS = {
     "split": run_split,
     "train": run_train,
@@ -227,6 +267,7 @@ COMMANDS = {
     "batch": run_batch,
     "bench": run_bench,
     "report": run_report,
+    "tune": run_tune,
 }
 
 if __name__ == "__main__":

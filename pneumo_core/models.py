@@ -35,16 +35,45 @@ def build_mlp(input_size: int, channels: int, **_: object) -> keras.Model:
     return keras.Model(inputs, outputs, name="mlp")
 
 
-def build_cnn(input_size: int, channels: int, **_: object) -> keras.Model:
-    """A small CNN from scratch: five conv/batch-norm blocks, global pooling, dense head.
+CNN_WIDTH_MULTIPLIERS = (1, 2, 3, 4, 6, 8)
 
+
+def build_cnn(
+    input_size: int,
+    channels: int,
+    base_filters: int = 32,
+    depth: int = 5,
+    dropout: float = 0.3,
+    dense_units: int = 64,
+    **_: object,
+) -> keras.Model:
+    """A small CNN from scratch: conv/batch-norm blocks, global pooling, dense head.
+
+    The defaults are the shipped architecture (five blocks of 32, 64, 96, 128 and 192
+    filters); ``pneumo_core.registry.CNN_SEARCH_SPACE`` declares the ranges ``tune`` searches.
     The last block's activation is named ``last_conv_act`` for Grad-CAM. Batch-norm
     momentum is 0.9 so the moving statistics catch up within an epoch; at Keras' 0.99
     they lag the tiny first-block variance for several epochs and validation collapses.
+
+    Args:
+        input_size: Side of the square input.
+        channels: Input channels.
+        base_filters: Filters of the first block; block ``k`` has ``base_filters`` times
+            ``CNN_WIDTH_MULTIPLIERS[k]``.
+        depth: Number of conv blocks (a 2x2 max-pooling between consecutive blocks).
+        dropout: Dropout rate after global pooling and after the dense layer.
+        dense_units: Width of the dense layer before the output.
+
+    Raises:
+        ValueError: If ``depth`` is out of range or the input is too small for it.
     """
+    if not 1 <= depth <= len(CNN_WIDTH_MULTIPLIERS):
+        raise ValueError(f"cnn depth must be between 1 and {len(CNN_WIDTH_MULTIPLIERS)}, got {depth}.")
+    if input_size < 2 ** (depth - 1):
+        raise ValueError(f"A {input_size}px input is too small for a cnn of depth {depth}.")
     inputs = keras.Input((input_size, input_size, channels), name="image")
     x = inputs
-    widths = (32, 64, 96, 128, 192)
+    widths = [base_filters * multiplier for multiplier in CNN_WIDTH_MULTIPLIERS[:depth]]
     for block, width in enumerate(widths, start=1):
         x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
         x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn")(x)
@@ -53,8 +82,8 @@ def build_cnn(input_size: int, channels: int, **_: object) -> keras.Model:
         if not is_last:
             x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(0.3, name="gap_dropout")(x)
-    outputs = _head(x, units=(64,), dropout=0.3)
+    x = layers.Dropout(dropout, name="gap_dropout")(x)
+    outputs = _head(x, units=(dense_units,), dropout=dropout)
     return keras.Model(inputs, outputs, name="cnn")
 
 

@@ -9,7 +9,7 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import keras
 import numpy as np
@@ -61,6 +61,53 @@ def transfer_defaults(fine_tune_from: str) -> TrainDefaults:
     )
 
 
+SEARCH_TARGETS = ("model", "train")
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One tunable hyper-parameter of a model: its range, its untuned default and what it sets.
+
+    ``target`` is ``"model"`` for a keyword of the model's builder and ``"train"`` for a
+    training argument (``learning_rate``, ``augment_strength``). Give either ``choices`` or
+    ``low`` and ``high`` (optionally ``step`` or ``log``).
+    """
+
+    name: str
+    default: int | float
+    target: str
+    choices: tuple[int | float, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.target not in SEARCH_TARGETS:
+            raise ValueError(f"Search parameter {self.name}: target must be one of {SEARCH_TARGETS}.")
+        if self.choices:
+            if self.default not in self.choices:
+                raise ValueError(f"Search parameter {self.name}: default {self.default} is not a choice.")
+        elif self.low is None or self.high is None or not self.low <= self.default <= self.high:
+            raise ValueError(f"Search parameter {self.name}: needs choices, or low <= default <= high.")
+
+    def to_json(self) -> dict:
+        """A JSON-friendly description (recorded in ``tuning.json``); unset fields are left out."""
+        fields = asdict(self)
+        fields["log"] = fields["log"] or None
+        return {key: value for key, value in fields.items() if value is not None and value != ()}
+
+
+CNN_SEARCH_SPACE = (
+    SearchParam("base_filters", default=32, target="model", choices=(16, 24, 32, 48)),
+    SearchParam("depth", default=5, target="model", choices=(3, 4, 5, 6)),
+    SearchParam("dropout", default=0.3, target="model", low=0.0, high=0.5, step=0.1),
+    SearchParam("dense_units", default=64, target="model", choices=(32, 64, 128, 256)),
+    SearchParam("learning_rate", default=1e-3, target="train", low=1e-4, high=3e-3, log=True),
+    SearchParam("augment_strength", default=1.0, target="train", low=0.0, high=2.0, step=0.25),
+)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model is and what it expects as input."""
@@ -76,6 +123,11 @@ class ModelSpec:
     class_names: tuple[str, str] = CLASS_NAMES
     uses_backbone_weights: bool = False
     unavailable_reason: str | None = None
+    search_space: tuple[SearchParam, ...] = ()
+
+    def search_defaults(self) -> dict[str, int | float]:
+        """The untuned value of every search parameter, by name."""
+        return {param.name: param.default for param in self.search_space}
 
     @property
     def shippable(self) -> bool:
@@ -126,6 +178,7 @@ REGISTRY: dict[str, ModelSpec] = {
             preprocess=scale_unit,
             gradcam_layer="last_conv_act",
             train=TrainDefaults(epochs=25, batch_size=32, learning_rate=1e-3),
+            search_space=CNN_SEARCH_SPACE,
         ),
         ModelSpec(
             name="xception",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -46,34 +46,78 @@ class TrainArgs:
     seed: int
     patience: int
     run_dir: str
+    augment_strength: float = 1.0
+    model_params: dict = field(default_factory=dict)
+    params_file: str | None = None
 
 
-def augmenter(seed: int) -> keras.Sequential:
+def read_params(path: Path) -> dict[str, int | float]:
+    """Hyper-parameter values from a ``tuning.json`` (its best trial) or a plain JSON object.
+
+    Raises:
+        ValueError: If the file is missing or holds no values.
+    """
+    payload = artifacts.read_json(path)
+    values = (payload.get("best") or {}).get("values") if "trials" in payload else payload
+    if not isinstance(values, dict) or not values:
+        raise ValueError(f"{path} holds no hyper-parameter values (expected a tuning.json with a best trial).")
+    return values
+
+
+def with_params(args: TrainArgs, spec: ModelSpec, params: dict[str, int | float]) -> TrainArgs:
+    """Apply searched hyper-parameters: builder keywords go to ``model_params``, the rest to ``args``.
+
+    Raises:
+        ValueError: If a name is not in the model's search space.
+    """
+    space = {param.name: param for param in spec.search_space}
+    unknown = sorted(set(params) - set(space))
+    if unknown:
+        known = ", ".join(space) or "none"
+        raise ValueError(f"{spec.name} has no hyper-parameter {', '.join(unknown)}; its search space: {known}.")
+    model_params = {name: value for name, value in params.items() if space[name].target == "model"}
+    train_params = {name: value for name, value in params.items() if space[name].target == "train"}
+    return replace(args, model_params={**args.model_params, **model_params}, **train_params)
+
+
+def with_params_file(args: TrainArgs, spec: ModelSpec, path: Path) -> TrainArgs:
+    """:func:`with_params` with the values of :func:`read_params`, recording the file in ``args``."""
+    return replace(with_params(args, spec, read_params(path)), params_file=str(path))
+
+
+def augmenter(seed: int, strength: float = 1.0) -> keras.Sequential:
     """Train-time augmentation on 0-255 grayscale: small rotations, shifts, zoom,
-    brightness and contrast. No flips: chest anatomy is not symmetric."""
+    brightness and contrast, each range scaled by ``strength``. No flips: chest anatomy
+    is not symmetric."""
     return keras.Sequential(
         [
-            layers.RandomRotation(0.03, fill_mode="constant", seed=seed),
-            layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 1),
-            layers.RandomZoom((-0.15, 0.1), fill_mode="constant", seed=seed + 2),
-            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
-            layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 4),
+            layers.RandomRotation(0.03 * strength, fill_mode="constant", seed=seed),
+            layers.RandomTranslation(0.06 * strength, 0.06 * strength, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom((-0.15 * strength, 0.1 * strength), fill_mode="constant", seed=seed + 2),
+            layers.RandomBrightness(0.15 * strength, value_range=(0, 255), seed=seed + 3),
+            layers.RandomContrast(0.3 * strength, value_range=(0, 255), seed=seed + 4),
         ],
         name="augment",
     )
 
 
 def make_dataset(
-    squares: np.ndarray, targets: np.ndarray, spec: ModelSpec, batch_size: int, augment_seed: int | None
+    squares: np.ndarray,
+    targets: np.ndarray,
+    spec: ModelSpec,
+    batch_size: int,
+    augment_seed: int | None,
+    augment_strength: float = 1.0,
 ) -> tf.data.Dataset:
-    """Batched tf.data pipeline with caching and prefetch; augments when ``augment_seed`` is set."""
+    """Batched tf.data pipeline with caching and prefetch; shuffles when ``augment_seed`` is set
+    and then also augments, unless ``augment_strength`` is 0."""
     images = tf.data.Dataset.from_tensor_slices((squares[..., None], targets.astype("float32")))
     images = images.cache()
     if augment_seed is not None:
         images = images.shuffle(len(squares), seed=augment_seed, reshuffle_each_iteration=True)
     images = images.batch(batch_size)
-    if augment_seed is not None:
-        augment = augmenter(augment_seed)
+    if augment_seed is not None and augment_strength > 0:
+        augment = augmenter(augment_seed, augment_strength)
         images = images.map(
             lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y), num_parallel_calls=tf.data.AUTOTUNE
         )
@@ -179,7 +223,9 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
     Returns:
         One row per epoch with the Keras metrics and the phase name.
     """
-    train_ds = make_dataset(squares["train"], targets["train"], spec, args.batch_size, augment_seed=args.seed)
+    train_ds = make_dataset(
+        squares["train"], targets["train"], spec, args.batch_size, args.seed, augment_strength=args.augment_strength
+    )
     val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None)
     run_dir = Path(args.run_dir) / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +271,7 @@ def train(spec: ModelSpec, args: TrainArgs) -> Path:
     LOGGER.info("Loaded %s images in %.0f s", {k: len(v) for k, v in squares.items()}, time.time() - started)
 
     build_kwargs = {"weights": args.backbone_weights} if spec.uses_backbone_weights else {}
-    model = spec.builder(input_size=spec.input_size, channels=spec.channels, **build_kwargs)
+    model = spec.builder(input_size=spec.input_size, channels=spec.channels, **build_kwargs, **args.model_params)
     history = run_phases(model, spec, args, squares, targets)
 
     val_input = spec.model_input(squares["val"])
