@@ -22,7 +22,7 @@ $(STAMP): requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: setup
-	$(BIN)/streamlit run app.py --server.address $(ADDRESS)
+	$(BIN)/streamlit run serve.py --server.address $(ADDRESS)
 
 chromium:
 	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import streamlit as st
 
-from pneumo_core.artifacts import LoadedModel, load_model_dir
 from pneumo_core.catalog import ModelEntry, catalog, models_dir
-from pneumo_core.gradcam import Explainer
+from pneumo_core.serving import RESULTS, WORK_QUEUE
+
+if TYPE_CHECKING:  # TensorFlow is imported only by the pages that run a model.
+    from pneumo_core.reading import Reader
 
 T = TypeVar("T")
 
@@ -26,15 +28,12 @@ def get_catalog() -> list[ModelEntry]:
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server)…")
-def load_model(directory: str) -> LoadedModel:
-    """A trained model, loaded and checksum-verified once per process; use read-only."""
-    return load_model_dir(Path(directory))
+def get_reader(directory: str) -> Reader:
+    """A trained model, loaded and checksum-verified once per process, with its heatmaps; use read-only."""
+    from pneumo_core.artifacts import load_model_dir
+    from pneumo_core.reading import Reader
 
-
-@st.cache_resource(show_spinner="Preparing the heatmap methods (once per model)…")
-def get_explainer(directory: str) -> Explainer:
-    """The Grad-CAM family for one model, built once per process."""
-    return Explainer(load_model(directory))
+    return Reader(load_model_dir(Path(directory)))
 
 
 def session_memo(slot: str, key: Hashable, compute: Callable[[], T]) -> T:
@@ -48,3 +47,24 @@ def session_memo(slot: str, key: Hashable, compute: Callable[[], T]) -> T:
         stored = (key, compute())
         st.session_state[slot] = stored
     return stored[1]
+
+
+def shared_result(key: Hashable, compute: Callable[[], T], doing: str) -> T:
+    """A heavy result (reading, heatmap) shared by every session, computed through the work queue.
+
+    While other sessions' work runs first, the page says how many requests are ahead instead of
+    showing a frozen spinner. Results live in memory only, keyed by the image's hash.
+    """
+    cached = RESULTS.get(key)
+    if cached is not None:
+        return cached
+    status = st.empty()
+
+    def tell_position(ahead: int) -> None:
+        status.info(f":material/hourglass_top: Waiting for the model: {ahead} request(s) ahead of yours.")
+
+    with st.spinner(doing):
+        value = WORK_QUEUE.run(compute, on_wait=tell_position)
+    status.empty()
+    RESULTS.put(key, value)
+    return value

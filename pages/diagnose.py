@@ -1,4 +1,4 @@
-"""Diagnose: upload an X-ray, read the prediction and its heatmap."""
+"""Diagnose: upload an X-ray (PNG, JPEG or DICOM), read the model's reading and its heatmap."""
 
 from __future__ import annotations
 
@@ -6,27 +6,18 @@ import hashlib
 
 import streamlit as st
 
-from pages.common import get_catalog, get_explainer, load_model, session_memo
+from pages.common import get_catalog, get_reader, session_memo, shared_result
 from pneumo_core.catalog import best_model
 from pneumo_core.diagnosis import (
     DISCLAIMER,
     compare_models,
-    diagnose,
     explain_probability,
     list_samples,
     percent,
     samples_credit,
 )
 from pneumo_core.gradcam import COLORMAPS, methods_for, overlay
-from pneumo_core.imaging import (
-    MAX_PIXELS,
-    MAX_UPLOAD_MB,
-    MIN_SIDE,
-    conversion_note,
-    decode_grayscale,
-    fit_within,
-    png_bytes,
-)
+from pneumo_core.imaging import MAX_UPLOAD_MB, ImageRejected, fit_within, png_bytes, read_xray
 
 st.title("Pneumonia check on a chest X-ray")
 st.caption(DISCLAIMER)
@@ -34,7 +25,7 @@ st.caption(DISCLAIMER)
 entries = {entry.name: entry for entry in get_catalog()}
 best = best_model(list(entries.values()))
 if best is None:
-    st.error("No trained models were found in models/. Train one with `python -m pneumo_core train`.")
+    st.error("No trained models were found in models/. See the model cards for how to train one.")
     st.stop()
 
 
@@ -51,15 +42,11 @@ with st.sidebar:
     )
     entry = entries[choice]
     st.caption(entry.spec.description)
-    for other in entries.values():
-        if not other.shipped:
-            st.caption(f":material/block: **{other.name}** (unavailable): {other.unavailable_reason}")
 
 # --- Input -------------------------------------------------------------------------------------
 samples = list_samples()
 st.file_uploader(
-    f"Upload a chest X-ray (JPEG or PNG, {MIN_SIDE} px to {MAX_PIXELS // 1_000_000} megapixels)",
-    type=["png", "jpg", "jpeg"],
+    f"Upload a chest X-ray: PNG, JPEG or DICOM, up to {MAX_UPLOAD_MB} MB",
     key="upload",
     max_upload_size=MAX_UPLOAD_MB,
     on_change=lambda: st.session_state.update(source="upload"),
@@ -74,9 +61,9 @@ if samples:
 upload = st.session_state.get("upload")
 sample = {s.key: s for s in samples}.get(st.session_state.get("source"))
 if sample is not None:
-    image_bytes = sample.path.read_bytes()
+    image_bytes, image_name = sample.path.read_bytes(), sample.path.name
 elif upload is not None:
-    image_bytes = upload.getvalue()
+    image_bytes, image_name = upload.getvalue(), upload.name
 else:
     st.info("Upload an X-ray or pick a sample to start.")
     st.stop()
@@ -85,54 +72,55 @@ if not entry.shipped:
     st.warning(f"{entry.name} cannot be used: {entry.unavailable_reason}")
     st.stop()
 
-digest = hashlib.sha256(image_bytes).hexdigest()
 try:
-    gray = session_memo("decoded", digest, lambda: decode_grayscale(image_bytes))
-except ValueError as error:
+    digest = hashlib.sha256(image_bytes).hexdigest()
+    xray = session_memo("decoded", digest, lambda: read_xray(image_bytes, image_name))
+except ImageRejected as error:
     st.error(f"Cannot use this file. {error}")
     st.stop()
-note = conversion_note(image_bytes)
-if note:
+for note in xray.notes:
     st.info(note)
+if xray.metadata:
+    st.caption("DICOM: " + " · ".join(f"{field} {value}" for field, value in xray.metadata))
 
-# --- Prediction (shown before the heatmap is computed) -------------------------------------------
-loaded = load_model(str(entry.directory))
-result = session_memo("result", (digest, entry.name), lambda: diagnose(loaded, gray))
+# --- Reading (shown before the heatmap is computed) ----------------------------------------------
+reader = get_reader(str(entry.directory))
+reading = shared_result(("reading", xray.digest, entry.name), lambda: reader.read(xray), "Reading the image…")
 st.subheader("Result")
+if not reading.accepted:
+    st.error(f"No reading for this image. {reading.reason}")
+    st.stop()
 label_column, probability_column, threshold_column = st.columns(3)
-label_column.metric("Model's reading", result.label)
-probability_column.metric("Probability of pneumonia", percent(result.probability))
-threshold_column.metric("Operating threshold", percent(result.threshold))
-st.markdown(explain_probability(result))
+label_column.metric("Model's reading", reading.label)
+probability_column.metric("Probability of pneumonia", percent(reading.probability))
+threshold_column.metric("Operating threshold", percent(reading.threshold))
+st.markdown(explain_probability(reading))
 
 # --- Heatmap ------------------------------------------------------------------------------------
 st.subheader("Where the model looked")
-methods = methods_for(loaded)
+methods = methods_for(reader.loaded)
 settings = st.columns([2, 2, 2, 3])
 method = settings[0].selectbox("Method", methods, key=f"method_{len(methods)}")
 colormap = settings[1].selectbox("Colormap", list(COLORMAPS), key="colormap")
 opacity = settings[2].slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
-class_names = loaded.spec.class_names
+class_names = reader.loaded.spec.class_names
 explained = settings[3].radio(
     "Explain the evidence for",
     [1, 0],
-    index=0 if result.target_class == 1 else 1,
+    index=0 if reading.target_class == 1 else 1,
     format_func=lambda index: class_names[index],
     horizontal=True,
     key="explain_class",
 )
 
-explainer = get_explainer(str(entry.directory))
 
+heatmap = shared_result(
+    ("heatmap", xray.digest, entry.name, method, explained),
+    lambda: reader.heatmap(xray, method, explained),
+    f"Computing {method}…",
+)
 
-def compute_heatmap():
-    with st.spinner(f"Computing {method}…"):
-        return explainer.heatmap(loaded.square(gray), method, explained)
-
-
-heatmap = session_memo("heatmap", (digest, entry.name, method, explained), compute_heatmap)
-
-shown = fit_within(gray)
+shown = fit_within(xray.gray)
 blended = overlay(shown, heatmap, opacity=opacity, colormap=colormap)
 left, right = st.columns(2)
 left.image(shown, caption="Original", width="stretch")
@@ -152,14 +140,16 @@ st.download_button(
 # --- Every model on this image --------------------------------------------------------------------
 st.subheader("All models on this image")
 if st.button("Run every shipped model", key="run_all"):
-    with st.spinner("Running every shipped model…"):
-        shipped = [load_model(str(e.directory)) for e in entries.values() if e.shipped]
-        st.session_state["all_models"] = (digest, *compare_models(shipped, gray))
+    readers = [get_reader(str(e.directory)) for e in entries.values() if e.shipped]
+    table, agree = shared_result(
+        ("all_models", xray.digest), lambda: compare_models(readers, xray), "Running every shipped model…"
+    )
+    st.session_state["all_models"] = (xray.digest, table, agree)
 all_models = st.session_state.get("all_models")
-if all_models and all_models[0] == digest:
+if all_models and all_models[0] == xray.digest:
     _, table, agree = all_models
     st.dataframe(table, hide_index=True, key="all_models_table")
     if agree:
         st.success("All shipped models agree on this image.")
     else:
-        st.warning("The models disagree on this image: treat the result with extra caution.")
+        st.warning("The models disagree on this image, or some refused it: treat the result with extra caution.")

@@ -1,9 +1,11 @@
 """Latency benchmark of the shipped models on the sample images.
 
 Measures, per model, the median and 95th-percentile latency of decode + preprocess +
-predict, the same with the heatmap overlay added, and the time from a fresh process
-start to its first prediction. Writes JSON; ``python -m pneumo_core report`` turns it
-into the README table.
+predict, the same with the heatmap overlay added, one image at a time against a batch of 16
+(the per-call overhead), and a fresh process's cold start split by phase (TensorFlow import,
+project import, model load, first prediction). Writes JSON; ``python -m pneumo_core report``
+turns it into the README table. The browser figures (page ready after launch, ten sessions at
+once) come from ``bench/load_test.py``.
 
 Usage:
     python -m pneumo_core bench --out bench/bench.json --repeats 20
@@ -11,6 +13,7 @@ Usage:
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -21,18 +24,37 @@ from pathlib import Path
 import numpy as np
 
 from pneumo_core.artifacts import load_model_dir, shipped_model_dirs, write_json
-from pneumo_core.diagnosis import diagnose, list_samples
-from pneumo_core.gradcam import Explainer, methods_for, overlay
-from pneumo_core.imaging import decode_grayscale, fit_within
+from pneumo_core.diagnosis import list_samples
+from pneumo_core.gradcam import methods_for, overlay
+from pneumo_core.imaging import fit_within, read_xray
+from pneumo_core.reading import Reader
 
-FIRST_PREDICTION_SCRIPT = """
-import sys, time
+COLD_START_SCRIPT = """
+import json, sys, time
 from pathlib import Path
+started = time.perf_counter()
+import tensorflow
+imported_tensorflow = time.perf_counter()
 from pneumo_core.artifacts import load_model_dir
-from pneumo_core.inference import predict_bytes
-loaded = load_model_dir(Path(sys.argv[1]))
-predict_bytes(loaded, Path(sys.argv[2]).read_bytes())
+from pneumo_core.imaging import read_xray_file
+from pneumo_core.reading import Reader
+imported_project = time.perf_counter()
+reader = Reader(load_model_dir(Path(sys.argv[1])))
+loaded = time.perf_counter()
+xray = read_xray_file(Path(sys.argv[2]))
+reader.read(xray)
+first = time.perf_counter()
+reader.read(xray)
+second = time.perf_counter()
+print(json.dumps({
+    "import_tensorflow_s": imported_tensorflow - started,
+    "import_project_s": imported_project - imported_tensorflow,
+    "load_model_s": loaded - imported_project,
+    "first_prediction_s": first - loaded,
+    "second_prediction_s": second - first,
+}))
 """
+BATCH = 16
 
 
 def _summary(seconds: list[float]) -> dict:
@@ -40,34 +62,57 @@ def _summary(seconds: list[float]) -> dict:
     return {"median_s": float(np.median(values)), "p95_s": float(np.percentile(values, 95)), "runs": len(values)}
 
 
-def _first_prediction_seconds(model_dir: Path, image: Path) -> float:
-    """Wall time of a new Python process that imports, loads the model and predicts once."""
+def cold_start(model_dir: Path, image: Path) -> dict:
+    """Phases of a new Python process that imports, loads the model and predicts once.
+
+    ``process_start_to_first_prediction_s`` is the wall time from spawning the interpreter; the
+    phases inside it are measured by the child itself.
+    """
     started = time.perf_counter()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run(
-        [sys.executable, "-c", FIRST_PREDICTION_SCRIPT, str(model_dir), str(image)],
+    completed = subprocess.run(
+        [sys.executable, "-c", COLD_START_SCRIPT, str(model_dir), str(image)],
         check=True,
         capture_output=True,
+        text=True,
         env=env,
         cwd=Path(__file__).resolve().parent.parent,
     )
-    return time.perf_counter() - started
+    phases = json.loads(completed.stdout.strip().splitlines()[-1])
+    total = time.perf_counter() - started - phases.pop("second_prediction_s")
+    return {"process_start_to_first_prediction_s": total, **phases}
+
+
+def single_vs_batched(reader: Reader, xrays: list, repeats: int) -> dict:
+    """Per-image forward time for one image at a time and for a batch of :data:`BATCH`, and their ratio."""
+    batch = (xrays * BATCH)[:BATCH]
+    reader.read_many(batch)
+    single, batched = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        reader.read(batch[0])
+        single.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        reader.read_many(batch)
+        batched.append((time.perf_counter() - started) / BATCH)
+    single_s, batched_s = float(np.median(single)), float(np.median(batched))
+    return {"single_s": single_s, "batched_per_image_s": batched_s, "ratio": single_s / batched_s}
 
 
 def bench_model(model_dir: Path, images: list[bytes], repeats: int) -> dict:
     """Latency figures of one model over ``repeats`` passes through ``images``."""
-    loaded = load_model_dir(model_dir)
-    explainer = Explainer(loaded)
-    method = methods_for(loaded)[0]
+    reader = Reader(load_model_dir(model_dir))
+    single_batched = single_vs_batched(reader, [read_xray(image) for image in images], repeats)
+    method = methods_for(reader.loaded)[0]
     predict_times, explain_times = [], []
     for _ in range(repeats + 1):
         for image in images:
             started = time.perf_counter()
-            gray = decode_grayscale(image)
-            result = diagnose(loaded, gray)
+            xray = read_xray(image)
+            reading = reader.read(xray)
             predicted = time.perf_counter()
-            heat = explainer.heatmap(loaded.square(gray), method, result.target_class)
-            overlay(fit_within(gray), heat)
+            heat = reader.heatmap(xray, method, reading.target_class)
+            overlay(fit_within(xray.gray), heat)
             finished = time.perf_counter()
             predict_times.append(predicted - started)
             explain_times.append(finished - started)
@@ -77,6 +122,7 @@ def bench_model(model_dir: Path, images: list[bytes], repeats: int) -> dict:
         "first_pass_predict_s": float(np.mean(predict_times[:warm])),
         "predict": _summary(predict_times[warm:]),
         "predict_and_heatmap": _summary(explain_times[warm:]),
+        "single_vs_batched": single_batched,
     }
 
 
@@ -90,7 +136,7 @@ def run_benchmark(models_dir: Path, out: Path, repeats: int) -> dict:
     for name, model_dir in shipped_model_dirs(models_dir).items():
         print(f"benchmarking {name}…", file=sys.stderr)
         results[name] = bench_model(model_dir, images, repeats)
-        results[name]["process_start_to_first_prediction_s"] = _first_prediction_seconds(model_dir, samples[0].path)
+        results[name]["cold_start"] = cold_start(model_dir, samples[0].path)
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "images": [sample.path.name for sample in samples],

@@ -93,9 +93,10 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def streamlit_server(models_dir: Path, log_name: str) -> Iterator[StreamlitServer]:
-    """Run the app on a free port with ``PNEUMO_MODELS_DIR=models_dir`` until the block exits.
+def streamlit_server(models_dir: Path, log_name: str, script: str = "app.py") -> Iterator[StreamlitServer]:
+    """Run the app (``script``: ``app.py``, or ``serve.py`` with its warm-up) on a free port until the block exits.
 
+    The models come from ``PNEUMO_MODELS_DIR=models_dir``.
     Stdout and stderr go to ``tests/artifacts/<log_name>``. The server is stopped (terminate,
     then kill) by its own process id when the block exits, even on failure.
     """
@@ -108,7 +109,7 @@ def streamlit_server(models_dir: Path, log_name: str) -> Iterator[StreamlitServe
         "-m",
         "streamlit",
         "run",
-        "app.py",
+        script,
         "--server.port",
         str(port),
         "--server.address",

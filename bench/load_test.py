@@ -1,0 +1,71 @@
+"""Browser benchmark of the served app: page ready after launch, and ten sessions at once.
+
+Starts ``streamlit run serve.py`` (the ``make run`` entry, with its start-up warm-up) on a free
+loopback port with the shipped models, drives Debian's Chromium through Playwright, and writes
+``bench/load_test.json``:
+
+- ``page_ready_after_launch_s``: from spawning the server to the Diagnose page being usable;
+- for cnn and xception, ten sessions that each switch to the model and upload a sample at once:
+  reading and heatmap latency p50/p95 (from upload), lost uploads, and the server's peak RSS.
+
+Usage:
+    .venv/bin/python bench/load_test.py [--sessions 10] [--out bench/load_test.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from browser_support import SAMPLES_DIR, chromium_browser, streamlit_server  # noqa: E402
+from load_driver import START_TEXT, peak_rss_mb, run_load  # noqa: E402
+
+SAMPLE = SAMPLES_DIR / "person1371_virus_2361.jpeg"
+
+
+def page_ready_seconds(url: str, launched: float) -> float:
+    """Seconds from the server's launch until a browser shows the Diagnose page's uploader."""
+    with chromium_browser() as browser:
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.get_by_text(START_TEXT).wait_for()
+        page.get_by_test_id("stFileUploaderDropzoneInput").wait_for(state="attached")
+        return time.perf_counter() - launched
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "load_test.json")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    launched = time.perf_counter()
+    with streamlit_server(REPO_ROOT / "models", "bench_load_server.log", script="serve.py") as server:
+        ready = page_ready_seconds(server.url, launched)
+        time.sleep(5)  # Let the start-up warm-up finish, as it would before a ward's first users.
+        runs = {
+            model: run_load(server.url, SAMPLE, sessions=args.sessions, model=model, server_pid=server.process.pid)
+            for model in ("cnn", "xception")
+        }
+        peak = peak_rss_mb(server.process.pid)
+    report = {
+        "machine": {"cpus": os.cpu_count(), "load_average_before": load_before},
+        "page_ready_after_launch_s": round(ready, 2),
+        "sessions": runs,
+        "server_peak_rss_mb": round(peak, 1),
+    }
+    args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0 if all(run["lost"] == 0 for run in runs.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
