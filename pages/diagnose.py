@@ -12,27 +12,31 @@ from pneumo_core.diagnosis import (
     DISCLAIMER,
     compare_models,
     explain_probability,
+    gauge_figure,
     list_samples,
+    operating_facts,
     percent,
     samples_credit,
+    verdict,
 )
-from pneumo_core.gradcam import COLORMAPS, methods_for, overlay
+from pneumo_core.gradcam import COLORMAPS, colour_bar, methods_for, overlay
 from pneumo_core.imaging import MAX_UPLOAD_MB, ImageRejected, fit_within, png_bytes, read_xray
 
 st.title("Pneumonia check on a chest X-ray")
 st.caption(DISCLAIMER)
 
-entries = {entry.name: entry for entry in get_catalog()}
+catalog = get_catalog()
+for refused in (entry for entry in catalog if entry.refused):
+    st.error(f"The {refused.name} model was refused and cannot be used: {refused.refused_reason}")
+entries = {entry.name: entry for entry in catalog if entry.shipped}
 best = best_model(list(entries.values()))
 if best is None:
-    st.error("No trained models were found in models/. See the model cards for how to train one.")
+    st.error("No usable trained model was found in models/. See the model cards for how to train one.")
     st.stop()
 
 
 def model_label(name: str) -> str:
-    entry = entries[name]
-    suffix = " (recommended)" if name == best.name else "" if entry.shipped else " (unavailable)"
-    return f"{name}{suffix}"
+    return f"{name} (recommended)" if name == best.name else name
 
 
 with st.sidebar:
@@ -46,7 +50,7 @@ with st.sidebar:
 # --- Input -------------------------------------------------------------------------------------
 samples = list_samples()
 st.file_uploader(
-    f"Upload a chest X-ray: PNG, JPEG or DICOM, up to {MAX_UPLOAD_MB} MB",
+    "Upload a chest X-ray (PNG, JPEG or DICOM)",
     key="upload",
     max_upload_size=MAX_UPLOAD_MB,
     on_change=lambda: st.session_state.update(source="upload"),
@@ -68,10 +72,6 @@ else:
     st.info("Upload an X-ray or pick a sample to start.")
     st.stop()
 
-if not entry.shipped:
-    st.warning(f"{entry.name} cannot be used: {entry.unavailable_reason}")
-    st.stop()
-
 try:
     digest = hashlib.sha256(image_bytes).hexdigest()
     xray = session_memo("decoded", digest, lambda: read_xray(image_bytes, image_name))
@@ -81,7 +81,7 @@ except ImageRejected as error:
 for note in xray.notes:
     st.info(note)
 if xray.metadata:
-    st.caption("DICOM: " + " · ".join(f"{field} {value}" for field, value in xray.metadata))
+    st.caption("Image: " + " · ".join(f"{field} {value}" for field, value in xray.metadata))
 
 # --- Reading (shown before the heatmap is computed) ----------------------------------------------
 reader = get_reader(str(entry.directory))
@@ -90,11 +90,13 @@ st.subheader("Result")
 if not reading.accepted:
     st.error(f"No reading for this image. {reading.reason}")
     st.stop()
-label_column, probability_column, threshold_column = st.columns(3)
-label_column.metric("Model's reading", reading.label)
+facts = operating_facts(entry.config, entry.metrics)
+label_column, probability_column, threshold_column, gauge_column = st.columns([3, 2, 2, 4])
+label_column.metric("Model's reading", verdict(reading, facts.band))
 probability_column.metric("Probability of pneumonia", percent(reading.probability))
 threshold_column.metric("Operating threshold", percent(reading.threshold))
-st.markdown(explain_probability(reading))
+gauge_column.plotly_chart(gauge_figure(reading, facts.band), key="gauge", config={"displayModeBar": False})
+st.markdown(explain_probability(reading, facts))
 
 # --- Heatmap ------------------------------------------------------------------------------------
 st.subheader("Where the model looked")
@@ -125,6 +127,7 @@ blended = overlay(shown, heatmap, opacity=opacity, colormap=colormap)
 left, right = st.columns(2)
 left.image(shown, caption="Original", width="stretch")
 right.image(blended, caption=f"{method} for {class_names[explained]}", width="stretch")
+right.image(colour_bar(colormap), caption="Heatmap colour scale", width="stretch")
 st.caption(
     "The heatmap shows which regions most influenced the model's score, computed on the model's "
     "square input and stretched back to the image. It is not an outline of a lesion."

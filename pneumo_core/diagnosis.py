@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from pneumo_core.artifacts import ModelConfig, ModelMetrics
 from pneumo_core.imaging import XRay
 from pneumo_core.reading import Reader, Reading
 
@@ -33,22 +34,6 @@ def percent(probability: float) -> str:
     if probability < 0.001:
         return "<0.1%"
     return f"{probability:.1%}"
-
-
-def explain_probability(reading: Reading) -> str:
-    """A plain-language sentence on what the probability and the threshold mean."""
-    if reading.probability is None:
-        return f"No reading: {reading.reason}"
-    side = "at or above" if reading.target_class else "below"
-    if percent(reading.probability) == percent(reading.threshold):
-        side = "just " + side
-    return (
-        f"The model estimates a {percent(reading.probability)} probability of pneumonia. This is "
-        f"{side} its operating threshold of {percent(reading.threshold)}, chosen on validation images so "
-        f"that at least 95% of pneumonia cases are flagged; hence the label {reading.label}. "
-        "The probability was calibrated on images from the training hospital and may be less "
-        "reliable elsewhere. This is decision support, not a diagnosis: read the image yourself."
-    )
 
 
 BAND_LEVEL = 0.99
@@ -92,6 +77,53 @@ def indeterminate_band(
     low = float(sensitive.max()) if len(sensitive) else 0.0
     high = float(specific.min()) if len(specific) else 1.0
     return Band(low=min(low, threshold), high=max(min(high, 1.0), threshold), level=level)
+
+
+@dataclass(frozen=True)
+class OperatingFacts:
+    """What the training pipeline recorded about a model's operating point, for explaining a reading."""
+
+    min_sensitivity: float  # the validation sensitivity the threshold guarantees
+    prevalence: float  # share of pneumonia among the validation images the calibration was fitted on
+    band: Band | None
+
+
+def operating_facts(config: ModelConfig, metrics: ModelMetrics) -> OperatingFacts:
+    """The operating facts of a shipped model, read from its artifacts (nothing re-typed)."""
+    validation = metrics.validation
+    positives = validation.n_per_class.get("PNEUMONIA", 0)
+    curve = validation.roc_curve
+    band = indeterminate_band(curve.fpr, curve.tpr, curve.thresholds, config.threshold) if curve else None
+    return OperatingFacts(
+        min_sensitivity=config.min_sensitivity, prevalence=positives / max(validation.n, 1), band=band
+    )
+
+
+def explain_probability(reading: Reading, facts: OperatingFacts) -> str:
+    """Plain-language sentences on what the score, the threshold and the grey band mean."""
+    if reading.probability is None:
+        return f"No reading: {reading.reason}"
+    side = "at or above" if reading.target_class else "below"
+    if percent(reading.probability) == percent(reading.threshold):
+        side = "just " + side
+    text = (
+        f"The score is {percent(reading.probability)}, {side} the operating threshold of "
+        f"{percent(reading.threshold)} (chosen on validation images so that at least "
+        f"{facts.min_sensitivity:.0%} of pneumonia cases are flagged), hence the label {reading.label}. "
+    )
+    if facts.band is not None:
+        band = facts.band
+        where = "inside" if band.contains(reading.probability) else "outside"
+        text += (
+            f"It lies {where} the grey band of indeterminate scores ({percent(band.low)} to {percent(band.high)}): "
+            f"on validation images, {band.level:.0%} of pneumonia cases scored above its lower edge and "
+            f"{band.level:.0%} of normal cases below its upper edge. "
+        )
+    return text + (
+        f"The score is a probability calibrated on validation images of which {facts.prevalence:.0%} showed "
+        "pneumonia; where pneumonia is rarer, the same score means a lower chance. "
+        "This is decision support, not a diagnosis: read the image yourself."
+    )
 
 
 def verdict(reading: Reading, band: Band | None) -> str:

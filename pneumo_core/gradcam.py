@@ -123,6 +123,26 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4, colorma
     return cv2.cvtColor(blended, cv2.COLOR_BGR2RGB)
 
 
+def colour_bar(colormap: str = "jet", width: int = 480, height: int = 44) -> np.ndarray:
+    """A horizontal legend of ``colormap`` labelled "low influence" (left) and "high influence" (right).
+
+    Returns:
+        An ``(height, width, 3)`` uint8 RGB image.
+    """
+    if colormap not in COLORMAPS:
+        raise ValueError(f"Unknown colormap {colormap!r}; choose one of {', '.join(COLORMAPS)}.")
+    strip = height // 2
+    ramp = np.tile(np.linspace(0, 255, width, dtype=np.uint8), (strip, 1))
+    bar = np.full((height, width, 3), 255, dtype=np.uint8)
+    bar[:strip] = cv2.applyColorMap(ramp, COLORMAPS[colormap])
+    font, scale, ink = cv2.FONT_HERSHEY_SIMPLEX, 0.5, (40, 40, 40)
+    baseline = height - 6
+    cv2.putText(bar, "low influence", (2, baseline), font, scale, ink, 1, cv2.LINE_AA)
+    (text_width, _), _ = cv2.getTextSize("high influence", font, scale, 1)
+    cv2.putText(bar, "high influence", (width - text_width - 2, baseline), font, scale, ink, 1, cv2.LINE_AA)
+    return cv2.cvtColor(bar, cv2.COLOR_BGR2RGB)
+
+
 def _unit_range(cam: np.ndarray) -> np.ndarray:
     """Scale a map to [0, 1]; a flat map (no evidence) becomes all zeros."""
     cam = np.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pneumo_core.diagnosis import Band, explain_probability, gauge_figure, indeterminate_band, percent, verdict
+from pneumo_core.diagnosis import (
+    Band,
+    OperatingFacts,
+    explain_probability,
+    gauge_figure,
+    indeterminate_band,
+    percent,
+    verdict,
+)
 from pneumo_core.reading import Reading
 
 # A validation ROC curve in scikit-learn's order: 99 % sensitivity is reached at 0.30, 99 % specificity at 0.95.
@@ -13,6 +21,9 @@ ROC = {
     "tpr": [0.0, 0.80, 0.90, 0.96, 0.99, 1.0],
     "thresholds": [1.0, 0.97, 0.95, 0.85, 0.30, 0.01],
 }
+
+
+FACTS = OperatingFacts(min_sensitivity=0.95, prevalence=0.742, band=Band(0.30, 0.95))
 
 
 def reading(probability: float, threshold: float = 0.85) -> Reading:
@@ -29,14 +40,16 @@ def test_percent_never_claims_certainty():
 
 def test_explanation_states_probability_threshold_and_label():
     """The sentence gives the probability, the side of the threshold, the label and the caveat."""
-    text = explain_probability(reading(0.912, 0.83))
+    text = explain_probability(reading(0.912, 0.83), FACTS)
     assert "91.2%" in text and "at or above" in text and "83.0%" in text and "PNEUMONIA" in text
+    assert "at least 95%" in text and "74% showed pneumonia" in text
+    assert "inside the grey band" in text and "30.0% to 95.0%" in text
     assert "not a diagnosis" in text
 
 
 def test_explanation_does_not_contradict_itself_near_the_threshold():
     """When probability and threshold print alike, the text says 'just below' instead of 'below 62%'."""
-    text = explain_probability(reading(0.61521, 0.61539))
+    text = explain_probability(reading(0.61521, 0.61539), FACTS)
     assert "just below" in text
 
 
