@@ -213,7 +213,7 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     ``address`` (or ``RAY_ADDRESS``) connects to a running cluster; without either a private Ray
     is started on this machine with all its CPUs, no dashboard and a small object store, and is
     stopped afterwards. Usage statistics are never sent, worker output is not forwarded to this
-    terminal, and Ray Data's progress messages are kept at warning level.
+    terminal, and Ray Data only reports warnings (plus its progress bar on a terminal).
     """
     import ray
 
@@ -232,7 +232,8 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         ray.init(address=address, **common)
     else:
         ray.init(num_cpus=os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data logs its progress at INFO on non-terminals (and re-applies its own level to "ray.data").
+    logging.getLogger("ray.data._internal").setLevel(logging.WARNING)
     try:
         yield
     finally:
