@@ -1,4 +1,4 @@
-"""Model cards: each shipped model's card.md, its training data and its limitations."""
+"""Model cards: each shipped model's card.md, its training data and its limitations (reads JSON only)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,29 @@ from pages.common import get_catalog
 from pneumo_core.artifacts import CARD_FILE
 
 st.title("Model cards")
+entries = get_catalog()
+populations = {entry.config.population for entry in entries if entry.shipped}
 st.warning(
-    "None of these models is a medical device. They were trained on pediatric chest X-rays "
-    "(children aged one to five) from a single hospital in Guangzhou and have not been validated "
-    "on adults, on other hospitals' scanners, or on lateral views."
+    "None of these models is a medical device. "
+    + " ".join(
+        f"They were trained on {population.summary} ({population.description}) and have not been validated "
+        f"on {population.not_validated_on}."
+        for population in sorted(populations, key=lambda population: population.summary)
+    )
 )
 
-for entry in get_catalog():
-    with st.expander(f"{entry.name}: {entry.spec.description}", expanded=entry.shipped):
+for entry in entries:
+    with st.expander(f"{entry.name}: {entry.spec.description}", expanded=entry.shipped or entry.refused):
+        if entry.refused:
+            st.error(entry.refused_reason)
+            continue
         if not entry.shipped:
             st.info(entry.unavailable_reason)
             continue
         st.markdown((entry.directory / CARD_FILE).read_text())
-        data = entry.config["data"]
+        data, provenance = entry.config.data, entry.config.provenance
+        sizes = ", ".join(f"{name} {size}" for name, size in data.split_sizes.items())
         st.caption(
-            f"Trained on split `{data['split_file']}` (sha256 `{data['split_hash'][:12]}`), "
-            f"sizes {data['split_sizes']}; {entry.config['epochs_run']} epochs, "
-            f"{entry.config['parameters']:,} parameters."
+            f"Trained on split `{data.split_file}` (sha256 `{data.split_hash[:12]}`), sizes {sizes}; "
+            f"{provenance.epochs_run} epochs, {entry.config.parameters:,} parameters."
         )

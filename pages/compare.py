@@ -1,4 +1,4 @@
-"""Compare models: metrics, confusion matrices, ROC curves and training curves, all read from files."""
+"""Compare models: metrics, confusion matrices, ROC and training curves, all read from verified JSON."""
 
 from __future__ import annotations
 
@@ -17,19 +17,23 @@ from pneumo_core.figures import (
 from pneumo_core.tuning_figures import parallel_coordinates_figure, read_tuning, tuning_caption, tuning_table
 
 st.title("Compare models")
-shipped = [entry for entry in get_catalog() if entry.shipped]
+entries = get_catalog()
+for entry in entries:
+    if entry.refused:
+        st.error(entry.refused_reason)
+shipped = [entry for entry in entries if entry.shipped]
 if not shipped:
-    st.error("No trained models were found in models/.")
+    st.error("No usable trained models were found in models/.")
     st.stop()
 
-reference = shipped[0].config["data"]
-sizes = reference["split_sizes"]
+reference = shipped[0].config
+sizes = reference.data.split_sizes
 st.markdown(
     f"Figures on the **internal test split**: {sizes['test']} images from patients never seen in "
-    f"training or validation (patient-grouped 70/15/15 split of the {sum(sizes.values())} official "
-    f"Kermany training images; split sha256 `{reference['split_hash'][:12]}`). Thresholds were chosen "
-    "on the validation split. A split of one hospital's images flatters: expect lower specificity on "
-    "independent images."
+    f"training or validation (patient-grouped {reference.split_percentages} split of "
+    f"{sum(sizes.values())} images: {reference.population.source}; split sha256 "
+    f"`{reference.data.split_hash[:12]}`). Thresholds were chosen on the {reference.threshold_rule.chosen_on}. "
+    "A split of one hospital's images flatters: expect lower specificity on independent images."
 )
 
 st.subheader("Metrics at each model's operating threshold")

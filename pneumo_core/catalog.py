@@ -1,11 +1,17 @@
-"""What the app knows about the models: which are shipped, which is best, their metrics.
+"""What the app knows about the models: which are shipped, which is best, their typed metrics.
 
-Everything is read from ``models/<name>/`` artifacts; nothing is typed by hand.
-``PNEUMO_MODELS_DIR`` overrides the models folder (the tests use it).
+Everything is read from ``models/<name>/`` artifacts, verified against their ``SHA256SUMS``
+(see :mod:`pneumo_core.artifacts`); nothing is typed by hand. A model whose folder does not
+verify is listed with its ``refused_reason`` instead of raising, so one broken model never
+takes the pages down. ``PNEUMO_MODELS_DIR`` overrides the models folder (the tests use it).
+Reading the catalog imports no TensorFlow.
 
 Usage:
     entries = catalog()
     default = best_model(entries)
+    for entry in entries:
+        if entry.refused:
+            print(entry.refused_reason)
 """
 
 from __future__ import annotations
@@ -15,18 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pneumo_core import artifacts
+from pneumo_core.artifacts import ModelConfig, ModelMetrics, ModelRefused
 from pneumo_core.registry import REGISTRY, ModelSpec
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One registered model and, when shipped, its artifacts."""
+    """One registered model and, when its folder exists, its verified artifacts or why it was refused."""
 
     spec: ModelSpec
     directory: Path | None
-    config: dict | None
-    metrics: dict | None
-    history: list | None
+    config: ModelConfig | None = None
+    metrics: ModelMetrics | None = None
+    history: tuple[dict, ...] | None = None
+    refused_reason: str | None = None
 
     @property
     def name(self) -> str:
@@ -34,15 +42,23 @@ class ModelEntry:
 
     @property
     def shipped(self) -> bool:
-        return self.directory is not None
+        """Whether the model is trained and its artifacts verified (it can be selected)."""
+        return self.directory is not None and self.refused_reason is None
+
+    @property
+    def refused(self) -> bool:
+        """Whether the model's folder exists but failed verification (show ``refused_reason``)."""
+        return self.refused_reason is not None
 
     @property
     def unavailable_reason(self) -> str:
         """Why the model cannot be selected (empty when shipped)."""
         if self.shipped:
             return ""
-        return self.spec.unavailable_reason or (
-            f"Not trained yet: run `python -m pneumo_core train --model {self.name}`."
+        return (
+            self.refused_reason
+            or self.spec.unavailable_reason
+            or f"Not trained yet: run `python -m pneumo_core train --model {self.name}`."
         )
 
 
@@ -52,25 +68,28 @@ def models_dir() -> Path:
 
 
 def catalog(directory: Path | None = None) -> list[ModelEntry]:
-    """Every registered model, in registry order, with the artifacts of shipped ones."""
+    """Every registered model, in registry order, with the verified artifacts of shipped ones.
+
+    The JSON files and the card are hashed against ``SHA256SUMS``; ``model.keras`` is hashed when
+    the model is loaded (:func:`pneumo_core.artifacts.load_model_dir`).
+    """
     directory = directory or models_dir()
-    shipped = artifacts.shipped_model_dirs(directory)
-    entries = []
-    for name, spec in REGISTRY.items():
-        model_dir = shipped.get(name)
-        if model_dir is None:
-            entries.append(ModelEntry(spec, None, None, None, None))
-            continue
-        entries.append(
-            ModelEntry(
-                spec=spec,
-                directory=model_dir,
-                config=artifacts.read_json(model_dir / artifacts.CONFIG_FILE),
-                metrics=artifacts.read_json(model_dir / artifacts.METRICS_FILE),
-                history=artifacts.read_json(model_dir / artifacts.HISTORY_FILE),
-            )
-        )
-    return entries
+    present = artifacts.shipped_model_dirs(directory)
+    return [entry_for(spec, present.get(name)) for name, spec in REGISTRY.items()]
+
+
+def entry_for(spec: ModelSpec, model_dir: Path | None) -> ModelEntry:
+    """The catalog entry of one model: its artifacts, or the reason they were refused."""
+    if model_dir is None:
+        return ModelEntry(spec, None)
+    try:
+        found = artifacts.read_model_dir(model_dir)
+    except ModelRefused as error:
+        return ModelEntry(spec, model_dir, refused_reason=str(error))
+    if found.config.spec.name != spec.name:
+        reason = f"The folder models/{model_dir.name} holds the model {found.config.spec.name!r}, not {spec.name!r}."
+        return ModelEntry(spec, model_dir, refused_reason=reason)
+    return ModelEntry(spec, model_dir, found.config, found.metrics, found.history)
 
 
 def best_model(entries: list[ModelEntry]) -> ModelEntry | None:
@@ -78,4 +97,4 @@ def best_model(entries: list[ModelEntry]) -> ModelEntry | None:
     shipped = [entry for entry in entries if entry.shipped]
     if not shipped:
         return None
-    return max(shipped, key=lambda entry: entry.metrics["validation"]["roc_auc"] or 0.0)
+    return max(shipped, key=lambda entry: entry.metrics.validation.roc_auc or 0.0)

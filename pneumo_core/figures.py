@@ -31,8 +31,8 @@ LOWER_IS_BETTER = ("Log loss", "ECE")
 def comparison_table(entries: list[ModelEntry]) -> pd.DataFrame:
     """One row per shipped model with its test-split metrics at its operating threshold."""
     rows = {
-        entry.name: {label: entry.metrics["test"][key] for key, label in TABLE_COLUMNS.items()}
-        | {"Threshold": entry.metrics["threshold"]}
+        entry.name: {label: getattr(entry.metrics.test, key) for key, label in TABLE_COLUMNS.items()}
+        | {"Threshold": entry.config.threshold}
         for entry in entries
     }
     return pd.DataFrame.from_dict(rows, orient="index")
@@ -63,7 +63,7 @@ def formatted(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 def confusion_figure(entry: ModelEntry) -> go.Figure:
     """Confusion matrix at the operating threshold: counts and row percentages."""
-    matrix = np.array(entry.metrics["test"]["confusion_at_threshold"]["matrix"], dtype=float)
+    matrix = np.array(entry.metrics.test.confusion_at_threshold.matrix, dtype=float)
     rows = matrix.sum(axis=1, keepdims=True)
     percent = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0) * 100
     names = list(entry.spec.class_names)
@@ -83,7 +83,7 @@ def confusion_figure(entry: ModelEntry) -> go.Figure:
         )
     )
     figure.update_layout(
-        title=f"{entry.name} (threshold {entry.metrics['threshold']:.3f})",
+        title=f"{entry.name} (threshold {entry.config.threshold:.3f})",
         xaxis_title="predicted",
         yaxis={"autorange": "reversed", "title": "true"},
         height=340,
@@ -97,21 +97,21 @@ def roc_figure(entries: list[ModelEntry]) -> go.Figure:
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
     for entry in entries:
-        test = entry.metrics["test"]
-        if not test["roc_curve"]:
+        test = entry.metrics.test
+        if test.roc_curve is None:
             continue
         figure.add_trace(
             go.Scatter(
-                x=test["roc_curve"]["fpr"],
-                y=test["roc_curve"]["tpr"],
+                x=list(test.roc_curve.fpr),
+                y=list(test.roc_curve.tpr),
                 mode="lines",
-                name=f"{entry.name} (AUC {test['roc_auc']:.3f})",
+                name=f"{entry.name} (AUC {test.roc_auc:.3f})",
             )
         )
         figure.add_trace(
             go.Scatter(
-                x=[1 - test["specificity"]],
-                y=[test["sensitivity"]],
+                x=[1 - test.specificity],
+                y=[test.sensitivity],
                 mode="markers",
                 marker={"size": 11, "symbol": "x"},
                 name=f"{entry.name} operating point",
@@ -128,7 +128,7 @@ def roc_figure(entries: list[ModelEntry]) -> go.Figure:
 
 def history_figure(entry: ModelEntry) -> go.Figure:
     """Loss and accuracy per epoch, training (solid) vs validation (dashed); fine-tuning start marked."""
-    history = pd.DataFrame(entry.history)
+    history = pd.DataFrame(list(entry.history))
     figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
     for column, metric in enumerate(("loss", "accuracy"), start=1):
         for prefix, label, dash in (("", "training", "solid"), ("val_", "validation", "dash")):
@@ -158,8 +158,8 @@ def subtype_table(entries: list[ModelEntry]) -> pd.DataFrame:
     """Sensitivity on bacterial vs viral pneumonia per model (test split)."""
     rows = {}
     for entry in entries:
-        by_subtype = entry.metrics["test"]["sensitivity_by_subtype"]
+        by_subtype = entry.metrics.test.sensitivity_by_subtype
         rows[entry.name] = {
-            f"{subtype} sensitivity (n={values['n']})": values["sensitivity"] for subtype, values in by_subtype.items()
+            f"{subtype} sensitivity (n={values.n})": values.sensitivity for subtype, values in by_subtype.items()
         }
     return pd.DataFrame.from_dict(rows, orient="index")

@@ -11,26 +11,45 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import keras
 import numpy as np
 
-from pneumo_core import models
-from pneumo_core.data import CLASS_NAMES
+# Reading the registry imports no TensorFlow (the Compare and Cards pages only read JSON): Keras and
+# the builders in pneumo_core.models are imported when a model is built or its input is prepared.
+
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+
+
+def lazy_builder(name: str) -> Callable[..., object]:
+    """``pneumo_core.models.<name>``, imported on first call; keeps its importable name for ``to_json``."""
+
+    def build(*args, **kwargs):
+        from pneumo_core import models
+
+        return getattr(models, name)(*args, **kwargs)
+
+    build.__module__, build.__name__, build.__qualname__ = "pneumo_core.models", name, name
+    return build
 
 
 def scale_unit(batch):
     """Scale 0-255 grayscale ``(n, h, w, 1)`` to [0, 1], keeping one channel."""
+    import keras
+
     return keras.ops.cast(batch, "float32") / 255.0
 
 
 def scale_xception(batch):
     """Scale 0-255 grayscale ``(n, h, w, 1)`` to [-1, 1] and replicate it to RGB."""
+    import keras
+
     scaled = keras.ops.cast(batch, "float32") / 127.5 - 1.0
     return keras.ops.repeat(scaled, 3, axis=-1)
 
 
 def scale_densenet(batch):
     """Scale 0-255 grayscale ``(n, h, w, 1)`` to RGB normalised by the ImageNet mean and std."""
+    import keras
+
     rgb = keras.ops.repeat(keras.ops.cast(batch, "float32") / 255.0, 3, axis=-1)
     mean = keras.ops.convert_to_tensor([0.485, 0.456, 0.406])
     std = keras.ops.convert_to_tensor([0.229, 0.224, 0.225])
@@ -140,6 +159,8 @@ class ModelSpec:
             raise ValueError(
                 f"{self.name} expects squares of shape (n, {self.input_size}, {self.input_size}), got {squares.shape}."
             )
+        import keras
+
         return keras.ops.convert_to_numpy(self.preprocess(squares[..., None]))
 
     def to_json(self) -> dict:
@@ -162,7 +183,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="mlp",
             description="Baseline: the flattened 64x64 image through five dense layers.",
-            builder=models.build_mlp,
+            builder=lazy_builder("build_mlp"),
             input_size=64,
             channels=1,
             preprocess=scale_unit,
@@ -172,7 +193,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="cnn",
             description="Small CNN trained from scratch (5 conv blocks, 160x160): fast on a CPU.",
-            builder=models.build_cnn,
+            builder=lazy_builder("build_cnn"),
             input_size=160,
             channels=1,
             preprocess=scale_unit,
@@ -183,7 +204,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="xception",
             description="Xception pretrained on ImageNet, fine-tuned on X-rays (224x224): the largest model.",
-            builder=models.build_xception,
+            builder=lazy_builder("build_xception"),
             input_size=224,
             channels=3,
             preprocess=scale_xception,
@@ -194,7 +215,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="densenet201",
             description="DenseNet201 pretrained on ImageNet (the seed project's transfer model).",
-            builder=models.build_densenet201,
+            builder=lazy_builder("build_densenet201"),
             input_size=224,
             channels=3,
             preprocess=scale_densenet,

@@ -1,7 +1,9 @@
-"""Regenerate the model cards and the README's result tables from ``models/*/metrics.json`` and ``bench/bench.json``.
+"""Model cards and the README's result tables, generated from the models' typed artifacts and ``bench/bench.json``.
 
-The tables sit between ``<!-- metrics:start -->``/``<!-- metrics:end -->`` and
-``<!-- bench:start -->``/``<!-- bench:end -->`` markers; nothing in them is typed by hand.
+:func:`render_card` writes a model card from a model's :class:`~pneumo_core.artifacts.ModelConfig` and
+:class:`~pneumo_core.artifacts.ModelMetrics`. The README tables sit between ``<!-- metrics:start -->``/
+``<!-- metrics:end -->`` and ``<!-- bench:start -->``/``<!-- bench:end -->`` markers; nothing in them is
+typed by hand.
 
 Usage:
     python -m pneumo_core report --readme README.md
@@ -13,7 +15,15 @@ import json
 import re
 from pathlib import Path
 
-from pneumo_core.artifacts import METRICS_FILE, read_json, refresh_card, shipped_model_dirs
+from pneumo_core.artifacts import (
+    CARD_FILE,
+    ModelConfig,
+    ModelMetrics,
+    Provenance,
+    read_model_dir,
+    seal,
+    shipped_model_dirs,
+)
 
 BENCH_FILE = Path(__file__).resolve().parent.parent / "bench" / "bench.json"
 
@@ -34,10 +44,11 @@ def metrics_table(models_dir: Path) -> str:
     """Markdown table of every shipped model's internal-test metrics."""
     rows = []
     for name, directory in shipped_model_dirs(models_dir).items():
-        metrics = read_json(directory / METRICS_FILE)
-        test = metrics["test"]
-        values = [test[key] for key in TEST_KEYS] + [metrics["threshold"], metrics["validation"]["roc_auc"]]
-        rows.append([f"`{name}`", str(test["n"])] + [_fmt(value) for value in values])
+        found = read_model_dir(directory)
+        test = found.metrics.test
+        values = [getattr(test, key) for key in TEST_KEYS]
+        values += [found.config.threshold, found.metrics.validation.roc_auc]
+        rows.append([f"`{name}`", str(test.n)] + [_fmt(value) for value in values])
     return "\n".join(_table(METRIC_HEADER, rows))
 
 
@@ -81,6 +92,87 @@ def update_readme(readme: Path, models_dir: Path) -> None:
     text = replace_block(text, "bench", bench_table())
     readme.write_text(text)
     print(f"updated {readme}")
+
+
+def render_card(config: ModelConfig, metrics: ModelMetrics) -> str:
+    """A short model card in Markdown: data, intended use, metrics, training, limitations."""
+    spec, data, population, test = config.spec, config.data, config.population, metrics.test
+    rows = "\n".join(
+        f"| {key} | {_fmt(getattr(test, key))} |"
+        for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "ece")
+    )
+    split_sizes = ", ".join(f"{name}: {size}" for name, size in data.split_sizes.items())
+    heatmap = "Grad-CAM, Grad-CAM++ or Faster-ScoreCAM" if spec.gradcam_layer else "SmoothGrad saliency"
+    calibration = config.calibration
+    negative, positive = spec.class_names
+    return f"""# Model card: `{spec.name}`
+
+{spec.description}
+
+**This model is not a medical device.** It is research and decision-support software;
+it must not be used to diagnose, treat or rule out disease.
+
+## Data
+{population.source}:
+{population.description}.
+Split by patient {config.split_percentages} ({split_sizes};
+split `{data.split_file}`, sha256 `{data.split_hash[:12]}`).
+
+## Input
+Grayscale, squashed (not cropped) to {spec.input_size}x{spec.input_size}, preprocessing
+`{spec.preprocess.rsplit(".", 1)[-1]}`, {spec.channels} {"channel" if spec.channels == 1 else "channels"}.
+
+## Intended use
+Second-reader support for clinicians and researchers reviewing chest X-rays like the
+training images, {population.summary}, for pneumonia, with a heatmap of where the model
+looked ({heatmap}).
+
+## Metrics (internal test split, n = {test.n}, threshold {config.threshold:.3f})
+| metric | value |
+|---|---|
+{rows}
+
+Threshold rule: {config.threshold_rule.text}
+
+Calibration: {calibration.method}, p = sigmoid({calibration.scale:.4f} z + {calibration.shift:.4f}).
+
+## Training
+{_training_facts(config.provenance, config.parameters)}
+
+## Limitations
+- Trained and tested on {population.summary};
+  not validated on {population.not_validated_on}.
+- The internal test split comes from the same pool as the training images and flatters:
+  on independent test images, models like this keep sensitivity high but lose specificity
+  (more normal images called pneumonia).
+- It separates {negative} from {positive} only; it cannot recognise other findings.
+- The probability is calibrated on the {config.threshold_rule.chosen_on}, not on your population.
+"""
+
+
+def _training_facts(provenance: Provenance, parameters: int) -> str:
+    machine = provenance.machine
+    if machine is None:
+        where = "a machine that was not recorded"
+    else:
+        gpus = ", ".join(machine.gpus) or "no GPU"
+        where = f"{machine.cpu_cores} CPU cores ({machine.cpu_model or 'CPU model not reported'}), {gpus}"
+    libraries = ", ".join(f"{name} {version}" for name, version in provenance.libraries.items())
+    return (
+        f"{provenance.epochs_run} epochs, {parameters:,} parameters, {provenance.training_seconds / 60:.1f} min "
+        f"wall time on {where}; {libraries}."
+    )
+
+
+def refresh_card(directory: Path) -> None:
+    """Re-render ``card.md`` from the model's verified config and metrics, then re-seal the directory.
+
+    Raises:
+        ModelRefused: If the directory does not verify (an edit is never sealed by re-rendering).
+    """
+    found = read_model_dir(directory, verify_model_file=True)
+    (directory / CARD_FILE).write_text(render_card(found.config, found.metrics))
+    seal(directory, updated=[CARD_FILE])
 
 
 def _fmt(value: float | None) -> str:

@@ -8,9 +8,10 @@ Usage:
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -21,34 +22,24 @@ from keras import layers
 from sklearn.linear_model import LogisticRegression
 
 from pneumo_core import artifacts, data
-from pneumo_core.metrics import THRESHOLD_RULE, choose_threshold, compute_metrics
+from pneumo_core.artifacts import TrainArgs
+from pneumo_core.metrics import MIN_SENSITIVITY, THRESHOLD_RULE, choose_threshold, compute_metrics
 from pneumo_core.models import OUTPUT_LAYER
 from pneumo_core.registry import ModelSpec
+from pneumo_core.report import render_card
 
 LOGGER = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class TrainArgs:
-    """Resolved training arguments, saved in ``config.json``."""
-
-    model: str
-    data: str
-    out: str
-    epochs: int
-    fine_tune_epochs: int
-    batch_size: int
-    learning_rate: float
-    fine_tune_learning_rate: float
-    fine_tune_from: str | None
-    backbone_weights: str | None
-    split_file: str
-    seed: int
-    patience: int
-    run_dir: str
-    augment_strength: float = 1.0
-    model_params: dict = field(default_factory=dict)
-    params_file: str | None = None
+# Who the training images come from, recorded in every model's config.json (the app and the card read it there).
+KERMANY_POPULATION = artifacts.Population(
+    source="Kermany et al. pediatric chest X-rays (Mendeley Data, doi:10.17632/rscbjbr9sj.2, CC BY 4.0)",
+    summary="pediatric chest X-rays (ages 1-5) from one hospital",
+    description=(
+        "anterior-posterior radiographs of children aged one to five from one hospital "
+        "(Guangzhou Women and Children's Medical Center); official training images only"
+    ),
+    not_validated_on="adults, other hospitals, other scanners or lateral views",
+)
 
 
 def read_params(path: Path) -> dict[str, int | float]:
@@ -200,13 +191,6 @@ def calibrate(model: keras.Model, val_input: np.ndarray, val_targets: np.ndarray
     return {"method": "platt (validation split)", "scale": scale, "shift": shift}
 
 
-def save_clean(model: keras.Model, path: Path) -> None:
-    """Save the model without optimizer state (a fresh, uncompiled copy)."""
-    clean = keras.Model.from_config(model.get_config())
-    clean.set_weights(model.get_weights())
-    clean.save(path)
-
-
 def load_split_frames(args: TrainArgs) -> dict[str, pd.DataFrame]:
     """The train/val/test frames with image paths; creates the split file if it does not exist."""
     split_path = Path(args.split_file)
@@ -279,44 +263,112 @@ def train(spec: ModelSpec, args: TrainArgs) -> Path:
     val_prob = model.predict(val_input, verbose=0, batch_size=64)[:, 0]
     threshold = choose_threshold(targets["val"], val_prob)
     test_prob = model.predict(spec.model_input(squares["test"]), verbose=0, batch_size=64)[:, 0]
-    metrics = {
-        "model": spec.name,
-        "split_hash": data.split_hash(Path(args.split_file)),
-        "threshold": threshold,
-        "test": compute_metrics(targets["test"], test_prob, threshold, frames["test"]["subtype"].to_numpy()),
-        "validation": compute_metrics(targets["val"], val_prob, threshold, frames["val"]["subtype"].to_numpy()),
-    }
+    metrics = artifacts.ModelMetrics(
+        model=spec.name,
+        validation=split_metrics(targets["val"], val_prob, threshold, frames["val"]),
+        test=split_metrics(targets["test"], test_prob, threshold, frames["test"]),
+    )
     return write_artifacts(spec, args, model, metrics, history, calibration, frames, time.time() - started)
 
 
-def write_artifacts(spec, args, model, metrics, history, calibration, frames, seconds) -> Path:
-    """Write model.keras, metrics.json, history.json, card.md, then config.json with their checksums."""
+def split_metrics(
+    y_true: np.ndarray, prob: np.ndarray, threshold: float, frame: pd.DataFrame
+) -> artifacts.SplitMetrics:
+    """The typed metrics of one split at the operating threshold."""
+    figures = compute_metrics(y_true, prob, threshold, frame["subtype"].to_numpy())
+    return artifacts.from_json(artifacts.SplitMetrics, figures)
+
+
+def write_artifacts(
+    spec: ModelSpec,
+    args: TrainArgs,
+    model: keras.Model,
+    metrics: artifacts.ModelMetrics,
+    history: list[dict],
+    calibration: dict,
+    frames: dict[str, pd.DataFrame],
+    seconds: float,
+) -> Path:
+    """Record the run as a :class:`~pneumo_core.artifacts.ModelConfig` and save the sealed model directory."""
+    config = artifacts.ModelConfig(
+        schema_version=artifacts.SCHEMA_VERSION,
+        spec=artifacts.from_json(artifacts.SpecSummary, spec.to_json()),
+        args=recorded_args(args),
+        threshold=metrics.validation.threshold,
+        threshold_rule=artifacts.ThresholdRule(
+            text=THRESHOLD_RULE, min_sensitivity=MIN_SENSITIVITY, chosen_on="validation split"
+        ),
+        calibration=artifacts.Calibration(**calibration),
+        data=artifacts.DataFacts(
+            split_file=artifacts.repo_relative(args.split_file),
+            split_hash=data.split_hash(Path(args.split_file)),
+            split_sizes={name: len(frame) for name, frame in frames.items()},
+            split_fractions=dict(data.SPLIT_FRACTIONS),
+            population=KERMANY_POPULATION,
+        ),
+        provenance=artifacts.Provenance(
+            training_seconds=round(seconds, 1),
+            epochs_run=len(history),
+            machine=this_machine(),
+            libraries=library_versions(),
+        ),
+        parameters=int(model.count_params()),
+        checksums={},
+    )
     out_dir = Path(args.out) / spec.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_clean(model, out_dir / artifacts.MODEL_FILE)
-    artifacts.write_json(out_dir / artifacts.METRICS_FILE, metrics)
-    artifacts.write_json(out_dir / artifacts.HISTORY_FILE, history)
-    config = {
-        "spec": spec.to_json(),
-        "args": asdict(args),
-        "threshold": metrics["threshold"],
-        "threshold_rule": THRESHOLD_RULE,
-        "calibration": calibration,
-        "data": {
-            "split_file": Path(args.split_file).name,
-            "split_hash": metrics["split_hash"],
-            "split_sizes": {name: len(frame) for name, frame in frames.items()},
-        },
-        "environment": {"keras": keras.__version__, "tensorflow": tf.__version__, "python": platform.python_version()},
-        "training_seconds": round(seconds, 1),
-        "epochs_run": len(history),
-        "parameters": int(model.count_params()),
-    }
-    (out_dir / artifacts.CARD_FILE).write_text(artifacts.render_card(config, metrics))
-    config["checksums"] = {
-        name: artifacts.sha256_of(out_dir / name)
-        for name in (artifacts.MODEL_FILE, artifacts.METRICS_FILE, artifacts.HISTORY_FILE, artifacts.CARD_FILE)
-    }
-    artifacts.write_json(out_dir / artifacts.CONFIG_FILE, config)
-    LOGGER.info("Wrote %s (test ROC AUC %s)", out_dir, metrics["test"]["roc_auc"])
+    params_file = Path(args.params_file).resolve() if args.params_file else None
+    keep = [params_file.name] if params_file and params_file.parent == out_dir.resolve() else []
+    artifacts.save_model_dir(
+        out_dir,
+        model=model,
+        config=config,
+        metrics=metrics,
+        history=history,
+        card=render_card(config, metrics),
+        keep=keep,
+    )
+    LOGGER.info("Wrote %s (test ROC AUC %s)", out_dir, metrics.test.roc_auc)
     return out_dir
+
+
+def recorded_args(args: TrainArgs) -> TrainArgs:
+    """The arguments as ``config.json`` records them: paths relative to the repository."""
+    paths = {name: artifacts.repo_relative(getattr(args, name)) for name in ("data", "out", "split_file", "run_dir")}
+    if args.backbone_weights not in (None, "imagenet", "none"):
+        paths["backbone_weights"] = artifacts.repo_relative(args.backbone_weights)
+    if args.params_file is not None:
+        paths["params_file"] = artifacts.repo_relative(args.params_file)
+    return replace(args, **paths)
+
+
+def this_machine() -> artifacts.Machine:
+    """The cores this process may use, the CPU model and the GPUs TensorFlow sees."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+    gpus = tuple(
+        tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+        for gpu in tf.config.list_physical_devices("GPU")
+    )
+    return artifacts.Machine(cpu_cores=cores, cpu_model=cpu_model(), gpus=gpus)
+
+
+def cpu_model() -> str | None:
+    """The CPU model name from ``/proc/cpuinfo`` (Linux) or the platform, None when unknown."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or None
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that shape a trained model."""
+    import sklearn
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+    }

@@ -1,12 +1,15 @@
-"""The models committed in models/: complete, verified, and right on the sample X-rays."""
+"""The models committed in models/: complete, verified, migrated honestly, and right on the sample X-rays."""
 
 from __future__ import annotations
+
+import json
+import subprocess
 
 import pytest
 
 from pneumo_core import artifacts, data
 from pneumo_core.diagnosis import list_samples
-from pneumo_core.inference import predict_bytes
+from pneumo_core.imaging import decode_grayscale
 from pneumo_core.registry import REGISTRY
 
 SHIPPED = ("mlp", "cnn", "xception")
@@ -28,23 +31,39 @@ def test_models_folder_fits_the_budget():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_artifacts_are_consistent(name):
-    """Every file's checksum matches config.json, and the split hash is that of the committed split."""
+    """Every file matches SHA256SUMS (also by `sha256sum -c`) and config.json; the split is the committed one."""
     directory = artifacts.MODELS_DIR / name
-    config = artifacts.read_json(directory / artifacts.CONFIG_FILE)
-    for file_name, digest in config["checksums"].items():
-        assert artifacts.sha256_of(directory / file_name) == digest, file_name
-    assert config["data"]["split_hash"] == data.split_hash()
-    assert 0.0 < config["threshold"] < 1.0
+    found = artifacts.read_model_dir(directory, verify_model_file=True)
+    assert set(found.config.checksums) | {"config.json"} == set(artifacts.artifact_files(directory))
+    checked = subprocess.run(["sha256sum", "-c", "--strict", "SHA256SUMS"], cwd=directory, capture_output=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert found.config.data.split_hash == data.split_hash()
+    assert found.config.data.split_file == "splits/kermany_split.csv"
+    assert 0.0 < found.config.threshold < 1.0
+    assert found.config.min_sensitivity == 0.95
+    assert found.config.split_percentages == "70/15/15"
     assert "not a medical device" in (directory / artifacts.CARD_FILE).read_text()
 
 
 @pytest.mark.parametrize("name", SHIPPED)
+def test_artifacts_round_trip_and_hold_no_build_paths(name):
+    """The JSON is exactly what the typed objects write back, and holds no absolute path of the build machine."""
+    directory = artifacts.MODELS_DIR / name
+    found = artifacts.read_model_dir(directory)
+    assert artifacts.to_json(found.config) == json.loads((directory / "config.json").read_text())
+    assert artifacts.to_json(found.metrics) == json.loads((directory / "metrics.json").read_text())
+    paths = [found.config.args.data, found.config.args.out, found.config.args.split_file, found.config.args.run_dir]
+    assert not any(path.startswith("/") for path in paths)
+    assert "/work/" not in (directory / "config.json").read_text()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_reads_the_samples_correctly(name):
-    """Each shipped model loads (checksum verified) and labels every sample X-ray as its ground truth."""
+    """Each shipped model loads (every checksum verified) and labels every sample X-ray as its ground truth."""
     loaded = artifacts.load_model_dir(artifacts.MODELS_DIR / name)
     samples = list_samples()
     assert len(samples) >= 4
     for sample in samples:
-        probability = predict_bytes(loaded, sample.path.read_bytes())
+        probability = float(loaded.predict_squares(loaded.square(decode_grayscale(sample.path.read_bytes()))[None])[0])
         assert 0.0 <= probability <= 1.0
         assert loaded.label(probability) == sample.label, (sample.path.name, probability, loaded.threshold)

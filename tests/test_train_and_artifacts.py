@@ -1,4 +1,4 @@
-"""End-to-end tests on models trained by the real CLI: artifacts, loading, checksums, CLI, Grad-CAM."""
+"""End-to-end tests on models trained by the real CLI: typed artifacts, loading, checksums, CLI, Grad-CAM."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import pytest
 from pneumo_core import artifacts, data, gradcam
 from pneumo_core.__main__ import main
 from pneumo_core.imaging import decode_grayscale, resize_square
-from pneumo_core.inference import predict_bytes
 
 TRAINED = ("cnn", "mlp")
-ARTIFACT_FILES = ("model.keras", "config.json", "metrics.json", "history.json", "card.md")
+ARTIFACT_FILES = ("model.keras", "config.json", "metrics.json", "history.json", "card.md", "SHA256SUMS")
 
 
 @pytest.fixture(scope="module")
@@ -43,41 +42,65 @@ def test_artifact_directory_is_complete(trained_models_dir, name):
 
 @pytest.mark.parametrize("name", TRAINED)
 def test_config_contents_and_checksums(trained_models_dir, name):
-    """config.json has spec, args, threshold, split hash and sha256 checksums that match the files."""
+    """config.json records spec, args, the threshold once, split facts, provenance and checksums that match."""
     directory = trained_models_dir / name
-    config = json.loads((directory / "config.json").read_text())
-    metrics = json.loads((directory / "metrics.json").read_text())
-    assert config["spec"]["name"] == name
-    assert config["spec"]["input_size"] == {"cnn": 160, "mlp": 64}[name]
-    assert config["args"]["model"] == name
-    assert config["args"]["epochs"] == 1
-    assert 0.0 <= config["threshold"] <= 1.0
-    assert config["threshold"] == metrics["threshold"]
+    found = artifacts.read_model_dir(directory, verify_model_file=True)
+    config, metrics = found.config, found.metrics
+    assert config.schema_version == artifacts.SCHEMA_VERSION
+    assert config.spec.name == config.args.model == metrics.model == name
+    assert config.spec.input_size == {"cnn": 160, "mlp": 64}[name]
+    assert config.args.epochs == 1
+    assert 0.0 < config.threshold < 1.0
+    assert config.threshold == metrics.validation.threshold == metrics.test.threshold
+    raw_metrics = json.loads((directory / "metrics.json").read_text())
+    assert "threshold" not in raw_metrics  # stored once, in config.json
     split_file = trained_models_dir.parent / "split.csv"
-    assert config["data"]["split_hash"] == data.split_hash(split_file) == metrics["split_hash"]
-    assert sum(config["data"]["split_sizes"].values()) == 25
-    assert all(config["data"]["split_sizes"][part] > 0 for part in ("train", "val", "test"))
-    assert set(config["checksums"]) == {"model.keras", "metrics.json", "history.json", "card.md"}
-    for file_name, digest in config["checksums"].items():
+    assert config.data.split_hash == data.split_hash(split_file)
+    assert sum(config.data.split_sizes.values()) == 25
+    assert all(config.data.split_sizes[part] > 0 for part in ("train", "val", "test"))
+    assert config.data.split_fractions == data.SPLIT_FRACTIONS
+    assert config.split_percentages == "70/15/15"
+    assert config.min_sensitivity == 0.95
+    assert "ages 1-5" in config.population.summary
+    assert set(config.checksums) == {"model.keras", "metrics.json", "history.json", "card.md"}
+    for file_name, digest in config.checksums.items():
         assert artifacts.sha256_of(directory / file_name) == digest, f"checksum of {file_name}"
-    assert config["epochs_run"] == 1
-    assert config["parameters"] > 0
+    assert config.provenance.epochs_run == 1
+    assert config.parameters > 0
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_provenance_and_relative_paths(trained_models_dir, name):
+    """Training wall time, machine and library versions are recorded; no absolute build-machine path is."""
+    config = artifacts.read_model_dir(trained_models_dir / name).config
+    provenance = config.provenance
+    assert provenance.training_seconds > 0
+    assert provenance.machine is not None
+    assert provenance.machine.cpu_cores >= 1
+    assert isinstance(provenance.machine.gpus, tuple)
+    assert set(provenance.libraries) >= {"python", "tensorflow", "keras", "numpy"}
+    # The test trainings write under the temporary folder, outside the repository.
+    assert config.args.out == f"{artifacts.OUTSIDE_REPO}/models"
+    assert config.data.split_file == f"{artifacts.OUTSIDE_REPO}/split.csv"
+    text = (trained_models_dir / name / "config.json").read_text()
+    assert str(trained_models_dir.parent) not in text
+    assert str(artifacts.REPO_ROOT) not in text
 
 
 @pytest.mark.parametrize("name", TRAINED)
 def test_metrics_history_and_card(trained_models_dir, name):
     """metrics.json covers test and validation, history.json has one epoch, the card disclaims medical use."""
     directory = trained_models_dir / name
-    metrics = json.loads((directory / "metrics.json").read_text())
-    assert metrics["model"] == name
-    assert metrics["test"]["n"] + metrics["validation"]["n"] < 25
-    assert metrics["validation"]["sensitivity"] >= 0.95  # the threshold rule, on the data it was chosen on
-    history = json.loads((directory / "history.json").read_text())
-    assert len(history) == 1
-    assert {"epoch", "loss", "val_loss", "phase"} <= set(history[0])
+    found = artifacts.read_model_dir(directory)
+    assert found.metrics.test.n + found.metrics.validation.n < 25
+    assert found.metrics.validation.sensitivity >= 0.95  # the threshold rule, on the data it was chosen on
+    assert len(found.history) == 1
+    assert {"epoch", "loss", "val_loss", "phase"} <= set(found.history[0])
     card = (directory / "card.md").read_text()
     assert "not a medical device" in card.lower()
     assert f"`{name}`" in card
+    assert "70/15/15" in card
+    assert found.config.population.not_validated_on in card.replace("\n  ", " ")
 
 
 @pytest.mark.parametrize("name", TRAINED)
@@ -85,7 +108,8 @@ def test_loaded_predictions_match_raw_keras_model(trained_models_dir, loaded_mod
     """LoadedModel.predict_squares equals the .keras file loaded directly with Keras (atol 1e-5)."""
     loaded = loaded_models[name]
     assert loaded.spec.name == name
-    assert loaded.threshold == loaded.config["threshold"]
+    assert loaded.threshold == loaded.config.threshold
+    assert loaded.metrics == artifacts.read_model_dir(trained_models_dir / name).metrics
     squares = data.load_arrays([str(p) for p in image_paths], loaded.spec.input_size)
     raw = keras.saving.load_model(trained_models_dir / name / "model.keras", compile=False)
     expected = keras.ops.convert_to_numpy(raw(loaded.spec.model_input(squares), training=False))[:, 0]
@@ -94,8 +118,6 @@ def test_loaded_predictions_match_raw_keras_model(trained_models_dir, loaded_mod
     np.testing.assert_allclose(prob, expected, atol=1e-5)
     assert ((prob >= 0) & (prob <= 1)).all()
     assert loaded.predict_squares(squares[:0]).shape == (0,)
-    # predict_bytes goes through the same decode -> squash -> preprocess contract.
-    assert predict_bytes(loaded, image_paths[0].read_bytes()) == pytest.approx(float(prob[0]), abs=1e-5)
     np.testing.assert_array_equal(loaded.square(decode_grayscale(image_paths[0].read_bytes())), squares[0])
     assert loaded.label(loaded.threshold) == "PNEUMONIA"
     assert loaded.label(np.nextafter(loaded.threshold, -1.0)) == "NORMAL"
@@ -114,24 +136,24 @@ def test_tampered_model_file_is_refused(trained_models_dir, tmp_path, tamper):
     else:
         content[len(content) // 2] ^= 0xFF
     model_file.write_bytes(bytes(content))
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(artifacts.ModelRefused, match=r"model.keras does not match its sha256"):
         artifacts.load_model_dir(copy)
 
 
 def test_missing_artifact_files_are_refused(trained_models_dir, tmp_path):
-    """A model dir without config.json or without model.keras raises ValueError."""
+    """A model dir without model.keras or without config.json is refused with the file's name."""
     copy = tmp_path / "mlp"
     shutil.copytree(trained_models_dir / "mlp", copy)
     (copy / "model.keras").unlink()
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(artifacts.ModelRefused, match=r"model.keras is missing"):
         artifacts.load_model_dir(copy)
     (copy / "config.json").unlink()
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(artifacts.ModelRefused, match=r"config.json is missing"):
         artifacts.load_model_dir(copy)
 
 
 def test_cli_predict_json(trained_models_dir, image_paths, tmp_path, capsys):
-    """`predict --json` prints one JSON line per image: probability and label, or an error for a non-image."""
+    """`predict --json` prints one JSON line per image: probability and label, or a refusal for a non-image."""
     not_image = tmp_path / "notes.png"
     not_image.write_text("this is text, not an X-ray")
     chosen = [image_paths[0], image_paths[-1]]
@@ -141,11 +163,12 @@ def test_cli_predict_json(trained_models_dir, image_paths, tmp_path, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert [row["image"] for row in rows] == [*map(str, chosen), str(not_image)]
     for row in rows[:2]:
+        assert row["accepted"] and row["reason"] is None
         assert 0.0 <= row["probability"] <= 1.0
         assert row["label"] in ("NORMAL", "PNEUMONIA")
-        assert "error" not in row
-    assert "not an image" in rows[2]["error"]
-    assert "probability" not in rows[2]
+    assert not rows[2]["accepted"]
+    assert "not an image" in rows[2]["reason"]
+    assert rows[2]["probability"] is None and rows[2]["label"] is None
     assert main([*argv, str(image_paths[0])]) == 0
 
 
@@ -168,7 +191,7 @@ def test_cli_evaluate_manifest_free_folder(trained_models_dir, synthetic_dataset
     assert metrics["n"] == 25
     assert metrics["n_per_class"] == {"NORMAL": 12, "PNEUMONIA": 13}
     assert set(metrics["sensitivity_by_subtype"]) == {"bacteria", "virus"}
-    assert result["threshold"] == json.loads((trained_models_dir / "mlp" / "config.json").read_text())["threshold"]
+    assert result["threshold"] == artifacts.read_model_dir(trained_models_dir / "mlp").config.threshold
     assert "mlp on all 25 images" in capsys.readouterr().out
 
 
