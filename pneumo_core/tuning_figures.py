@@ -8,6 +8,7 @@ Usage:
         table = tuning_table(tuning)
         fig = parallel_coordinates_figure(tuning)
         text = tuning_caption(tuning)
+        section = tuning_markdown(tuning)  # for card.md
 """
 
 from __future__ import annotations
@@ -150,3 +151,23 @@ def tuning_caption(tuning: dict) -> str:
     if objective.get("robustness_note"):
         parts.append(objective["robustness_note"])
     return " ".join(parts)
+
+
+def tuning_markdown(tuning: dict) -> str:
+    """A Markdown section for a model card: how the search ran, and the best settings beside the defaults."""
+    best = (tuning.get("best") or {}).get("values", {})
+    defaults = tuning.get("defaults", {})
+    rows = "\n".join(
+        f"| {name} | {_short(defaults.get(name))} | {_short(best.get(name))} |" for name in parameter_names(tuning)
+    )
+    return (
+        "## Hyper-parameter search\n"
+        f"{tuning_caption(tuning)}\n\n"
+        "| hyper-parameter | default | best trial |\n|---|---|---|\n"
+        f"{rows}\n"
+    )
+
+
+def _short(value: object) -> str:
+    """A number in a few significant digits, or n/a."""
+    return "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)

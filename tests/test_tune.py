@@ -161,4 +161,6 @@ def test_tuning_table_and_parallel_coordinates(tuning_work, first_search):
     assert len(dimensions[0].values) == tuning["n_completed"]
     caption = tuning_figures.tuning_caption(tuning)
     assert f"{PROXY_SIZE}x{PROXY_SIZE} px" in caption and "robustness" in caption
+    section = tuning_figures.tuning_markdown(tuning)
+    assert section.startswith("## Hyper-parameter search") and "| depth | 5 |" in section
     assert tuning_figures.read_tuning(tuning_work["data"]) is None
