@@ -4,7 +4,7 @@ Usage:
     python -m pneumo_core split    --data DIR
     python -m pneumo_core train    --model NAME --data DIR [--epochs N] [--backbone-weights PATH] [--out models/]
     python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
-    python -m pneumo_core predict  --model NAME IMAGE... [--json]
+    python -m pneumo_core predict  --model NAME FILE_OR_FOLDER... [--csv out.csv] [--json] [--batch-size N]
     python -m pneumo_core batch    --model NAME --data DIR_OR_GLOB... --out FILE.parquet|.csv [--engine local|ray]
                                    [--address ADDR] [--workers N] [--cpus-per-worker N] [--batch-size N]
     python -m pneumo_core bench    [--out bench.json] [--repeats N]
@@ -15,6 +15,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -60,11 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     evaluate.add_argument("--out", type=Path, help="write the metrics JSON here")
 
-    predict = commands.add_parser("predict", help="probability and label for image files")
+    predict = commands.add_parser(
+        "predict",
+        help="probability and label for image files, folders (recursive) and zips; exit 1 if any is refused",
+    )
     predict.add_argument("--model", required=True, choices=model_names())
-    predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("images", nargs="+", metavar="FILE_OR_FOLDER", help="images, folders, .zip files or globs")
     predict.add_argument("--models-dir", type=Path, default=MODELS_DIR)
-    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument("--csv", type=Path, help="write one row per image to this CSV file")
+    predict.add_argument("--json", action="store_true", help="print one JSON object per line")
+    predict.add_argument("--batch-size", type=_positive_int, default=32, help="images decoded at once (default 32)")
 
     batch = commands.add_parser("batch", help="score a folder or glob of X-rays into one Parquet or CSV file")
     batch.add_argument("--model", required=True, choices=model_names())
@@ -182,25 +188,54 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def run_predict(args) -> int:
-    from pneumo_core.inference import predict_bytes
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
-    loaded = _load(args.model, args.models_dir)
-    failures = 0
-    for path in args.images:
-        try:
-            prob = predict_bytes(loaded, path.read_bytes())
-            row = {"image": str(path), "probability": round(prob, 4), "label": loaded.label(prob)}
-        except (OSError, ValueError) as error:
-            failures += 1
-            row = {"image": str(path), "error": str(error)}
-        if args.json:
-            print(json.dumps(row))
-        elif "error" in row:
-            print(f"{path}: error: {row['error']}")
-        else:
-            print(f"{path}: {row['label']} (p(pneumonia) = {row['probability']:.3f}, threshold {loaded.threshold:.3f})")
-    return 1 if failures else 0
+
+def run_predict(args) -> int:
+    """Stream every image through the reader; CSV/JSON/text out, a progress bar on stderr."""
+    import csv
+
+    from pneumo_core.batch_scoring import ProgressBar, command_line_batch, stream
+    from pneumo_core.reading import Reader
+
+    batch = command_line_batch(args.images)
+    for skipped in batch.skipped:
+        print(f"warning: skipped {skipped.name}: {skipped.reason}", file=sys.stderr)
+    reader = Reader(_load(args.model, args.models_dir))
+    refused = 0
+    bar = ProgressBar(batch.count)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(args.csv.open("w", newline="")) if args.csv else None
+        writer = None
+        for row in stream(reader, batch, args.batch_size, progress=lambda done, _total: bar.update(done)):
+            item = row.to_row()
+            refused += not row.reading.accepted
+            if out is not None:
+                if writer is None:
+                    writer = csv.DictWriter(out, fieldnames=list(item))
+                    writer.writeheader()
+                writer.writerow(item)
+            if args.json:
+                bar.write(json.dumps(item))
+            elif out is None:
+                bar.write(_predict_line(row))
+    bar.close()
+    written = f"; wrote {args.csv}" if args.csv else ""
+    print(f"read {batch.count - refused} of {batch.count} images, {refused} refused{written}", file=sys.stderr)
+    return 1 if refused else 0
+
+
+def _predict_line(row) -> str:
+    reading = row.reading
+    if not reading.accepted:
+        return f"{row.name}: refused: {reading.reason}"
+    return f"{row.name}: {reading.label} (p(pneumonia) = {reading.probability:.3f}, threshold {reading.threshold:.3f})"
 
 
 def run_batch(args) -> int:
