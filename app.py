@@ -28,6 +28,7 @@ if sign_in_required():
 navigation = st.navigation(
     [
         st.Page("pages/diagnose.py", title="Diagnose", icon=":material/radiology:", default=True),
+        st.Page("pages/batch.py", title="Batch and local validation", icon=":material/stacks:"),
         st.Page("pages/compare.py", title="Compare models", icon=":material/monitoring:"),
         st.Page("pages/cards.py", title="Model cards", icon=":material/description:"),
     ]
