@@ -94,3 +94,49 @@ def test_bad_upload_shows_clear_error_then_good_upload_works(browser, server, tm
         assert page.get_by_test_id("stAlertContentError").count() == 0
         assert page.get_by_test_id("stMetric").filter(has_text="Probability of pneumonia").count() == 1
         assert_no_exception(page)
+
+
+IDENTIFIERS = {
+    "PatientName": "Zzyzx^Quentavia",
+    "PatientID": "PID-99887766",
+    "PatientBirthDate": "20190704",
+    "AccessionNumber": "ACC-55443322",
+    "InstitutionName": "Quentavia Children's Hospital",
+}
+
+
+def probability_shown(page) -> str:
+    metric = page.get_by_test_id("stMetric").filter(has_text="Probability of pneumonia")
+    return metric.get_by_test_id("stMetricValue").inner_text().strip()
+
+
+def test_dicom_upload_reads_like_the_png_of_its_pixels_and_shows_no_identifiers(browser, server, tmp_path):
+    """A 12-bit MONOCHROME1 DICOM full of identifiers reads as its PNG does; technical fields only are shown."""
+    import numpy as np
+    from dicom_fixtures import make_test_dicom
+    from PIL import Image
+
+    from pneumo_core.imaging import read_xray
+
+    gray = read_xray(SAMPLE.read_bytes()).gray
+    png = tmp_path / "same_pixels.png"
+    Image.fromarray(gray).save(png)
+    stored = ((255 - gray.astype(np.uint16)) * 16).astype(np.uint16)  # MONOCHROME1, 12 bits, full range
+    dicom = tmp_path / "study"  # No extension: recognised by DICM at byte 128.
+    dicom.write_bytes(
+        make_test_dicom(stored, modality="CR", photometric="MONOCHROME1", bits_stored=12, identifiers=IDENTIFIERS)
+    )
+    with app_page(browser, server.url, "diagnose_dicom") as page:
+        upload(page, png)
+        wait_for_result(page)
+        png_probability = probability_shown(page)
+        upload(page, dicom)
+        page.get_by_text("MONOCHROME1").first.wait_for(timeout=RESULT_TIMEOUT_MS)
+        wait_for_result(page)
+        difference = abs(float(probability_shown(page).rstrip("%")) - float(png_probability.rstrip("%")))
+        assert difference <= 2.0, (probability_shown(page), png_probability)  # Within 0.02 as a probability.
+        text = page.locator("body").inner_text()
+        assert "CR" in text and "12" in text
+        for value in IDENTIFIERS.values():
+            assert value not in text
+        assert_no_exception(page)
