@@ -147,8 +147,8 @@ def check_settings(
         raise BatchSettingsError("There are no files to score.")
     if ray_settings is not None and (ray_settings.workers < 1 or ray_settings.cpus_per_worker < 1):
         raise BatchSettingsError("--workers and --cpus-per-worker must be at least 1.")
-    if engine == "local" and ray_settings is not None and ray_settings.address:
-        raise BatchSettingsError("--address needs --engine ray.")
+    if engine == "local" and ray_settings is not None and ray_settings != RaySettings():
+        raise BatchSettingsError("--address, --workers and --cpus-per-worker need --engine ray.")
 
 
 def readings_table(readings: Iterable[tuple[str, Reading]]) -> pa.Table:
@@ -191,6 +191,7 @@ def ray_tables(model_dir: Path, ordered: list[str], batch_size: int, settings: R
     import ray.data
 
     with ray_session(settings.address):
+        check_cluster_fits(settings)
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         blocks = max(1, math.ceil(len(ordered) / batch_size))
@@ -204,6 +205,19 @@ def ray_tables(model_dir: Path, ordered: list[str], batch_size: int, settings: R
             num_cpus=settings.cpus_per_worker,
         )
         yield from scored.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def check_cluster_fits(settings: RaySettings) -> None:
+    """Refuse a pool the connected cluster cannot hold (Ray Data would otherwise wait for it forever)."""
+    import ray
+
+    needed = settings.workers * settings.cpus_per_worker
+    available = ray.cluster_resources().get("CPU", 0)
+    if needed > available:
+        raise BatchSettingsError(
+            f"{settings.workers} workers x {settings.cpus_per_worker} CPUs need {needed} CPUs; "
+            f"the Ray cluster has {available:g}. Lower --workers or --cpus-per-worker, or add nodes."
+        )
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from pneumo_core.batch import SCHEMA, BatchSettingsError, ray_session, score_files
+from pneumo_core.batch import SCHEMA, BatchSettingsError, RaySettings, ray_session, score_files
 from pneumo_core.sources import expand_inputs
 
 # A name no Ray log could contain by chance: the privacy test searches the logs for it.
@@ -119,3 +119,25 @@ def test_refuses_an_unknown_output_format_before_starting_anything(archive, mode
     with pytest.raises(BatchSettingsError, match=r"\.parquet or \.csv"):
         score_files(model_dir, expand_inputs([str(archive)]), tmp_path / "preds.xlsx", engine="ray")
     assert not list(tmp_path.iterdir())
+
+
+def test_refuses_a_pool_larger_than_the_cluster(ray_cluster, archive, model_dir, tmp_path):
+    """More workers than the cluster has CPUs is an error naming both numbers, not a run that waits forever."""
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    with pytest.raises(BatchSettingsError, match=f"the Ray cluster has {cpus}"):
+        score_files(
+            model_dir,
+            [archive / MARKER_NAME],
+            tmp_path / "p.csv",
+            engine="ray",
+            ray_settings=RaySettings(workers=cpus + 1),
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_local_engine_refuses_ray_options(archive, model_dir, tmp_path):
+    """``--workers`` without ``--engine ray`` would be silently ignored, so it is refused."""
+    with pytest.raises(BatchSettingsError, match="need --engine ray"):
+        score_files(model_dir, [archive / MARKER_NAME], tmp_path / "p.csv", ray_settings=RaySettings(workers=2))
