@@ -7,10 +7,11 @@ import hashlib
 import streamlit as st
 
 from pages.common import get_catalog, get_reader, session_memo, shared_result
+from pneumo_core.artifacts import ModelRefused
 from pneumo_core.catalog import best_model
 from pneumo_core.diagnosis import (
-    DISCLAIMER,
     compare_models,
+    disclaimer,
     explain_probability,
     gauge_figure,
     list_samples,
@@ -23,7 +24,6 @@ from pneumo_core.gradcam import COLORMAPS, colour_bar, methods_for, overlay
 from pneumo_core.imaging import MAX_UPLOAD_MB, ImageRejected, fit_within, png_bytes, read_xray
 
 st.title("Pneumonia check on a chest X-ray")
-st.caption(DISCLAIMER)
 
 catalog = get_catalog()
 for refused in (entry for entry in catalog if entry.refused):
@@ -46,6 +46,7 @@ with st.sidebar:
     )
     entry = entries[choice]
     st.caption(entry.spec.description)
+st.caption(disclaimer(entry.config))
 
 # --- Input -------------------------------------------------------------------------------------
 samples = list_samples()
@@ -84,7 +85,11 @@ if xray.metadata:
     st.caption("Image: " + " · ".join(f"{field} {value}" for field, value in xray.metadata))
 
 # --- Reading (shown before the heatmap is computed) ----------------------------------------------
-reader = get_reader(str(entry.directory))
+try:
+    reader = get_reader(str(entry.directory))
+except ModelRefused as error:
+    st.error(f"The {entry.name} model was refused and cannot be used: {error}")
+    st.stop()
 reading = shared_result(("reading", xray.digest, entry.name), lambda: reader.read(xray), "Reading the image…")
 st.subheader("Result")
 if not reading.accepted:

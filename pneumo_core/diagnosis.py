@@ -27,6 +27,15 @@ DISCLAIMER = (
 )
 
 
+def disclaimer(config: ModelConfig) -> str:
+    """The one-line disclaimer, with the training population read from the model's artifacts."""
+    population = config.population
+    return (
+        f"Decision support for clinicians, not a diagnosis and not a medical device. Trained on "
+        f"{population.summary}; not validated on {population.not_validated_on}."
+    )
+
+
 def percent(probability: float) -> str:
     """A probability as a percentage with one decimal, never claiming 0% or 100%."""
     if probability > 0.999:

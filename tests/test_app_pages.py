@@ -18,7 +18,6 @@ from streamlit.runtime.state.common import user_key_from_element_id
 from streamlit.testing.v1 import AppTest
 
 from pneumo_core.diagnosis import list_samples
-from pneumo_core.registry import REGISTRY
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 TIMEOUT_S = 60
@@ -55,8 +54,8 @@ def upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
 
 
 def result_shown(at: AppTest) -> bool:
-    """Whether the page shows the three result metrics and the two images (original and overlay)."""
-    return [m.label for m in at.metric] == RESULT_LABELS and len(at.get("image")) == 2
+    """Whether the page shows the three result metrics and the images (original, overlay and its colour scale)."""
+    return [m.label for m in at.metric] == RESULT_LABELS and len(at.get("image")) == 3
 
 
 # --- Every page renders ---------------------------------------------------------------------
@@ -126,12 +125,12 @@ def test_heatmap_settings_rerun_without_recomputing_the_prediction(app, monkeypa
     """Moving the opacity slider or changing the colormap keeps the result and does not predict again."""
     app.button(key=f"sample_{SAMPLE.key}").click().run()
     before = [metric.value for metric in app.metric]
-    import pneumo_core.diagnosis
+    from pneumo_core.reading import Reader
 
     def forbidden(*_args, **_kwargs):
         raise AssertionError("the prediction was recomputed")
 
-    monkeypatch.setattr(pneumo_core.diagnosis, "predict_gray", forbidden)
+    monkeypatch.setattr(Reader, "read_many", forbidden)
     app.slider(key="opacity").set_value(0.8).run()
     app.selectbox(key="colormap").set_value("viridis").run()
     assert not app.exception, app.exception
@@ -157,20 +156,16 @@ def test_run_every_model_shows_a_table(app):
     assert len(app.dataframe) == 1
     table = app.dataframe[0].value
     assert sorted(table["model"]) == ["cnn", "mlp"]
-    assert set(table["label"]) <= {"NORMAL", "PNEUMONIA"}
+    assert set(table["reading"]) <= {"NORMAL", "PNEUMONIA", "refused"}
+    assert all(value.endswith("%") for value in table["P(pneumonia)"] if value)
     assert len(app.success) + len(app.warning) == 1
 
 
-def test_unavailable_model_shows_a_warning(app):
-    """Choosing the unavailable densenet201 shows a warning with the reason, no result and no exception."""
-    app.button(key=f"sample_{SAMPLE.key}").click().run()
-    app.selectbox(key="model").set_value("densenet201").run()
-    assert not app.exception, app.exception
-    assert not app.error
-    warnings = [warning.value for warning in app.warning]
-    assert len(warnings) == 1
-    assert warnings[0] == f"densenet201 cannot be used: {REGISTRY['densenet201'].unavailable_reason}"
-    assert not app.metric
+def test_only_usable_models_are_offered(app):
+    """Diagnose offers the shipped models only; densenet201 (not shipped) is explained on the model cards."""
+    options = app.selectbox(key="model").options
+    assert sorted(option.split(" ")[0] for option in options) == ["cnn", "mlp"]
+    assert not any("densenet201" in option for option in options)
 
 
 # --- Bad input ----------------------------------------------------------------------------------
@@ -212,8 +207,9 @@ def sixteen_bit_png() -> bytes:
 
 
 def cmyk_jpeg() -> bytes:
-    """A 120x100 CMYK JPEG."""
-    return encode(Image.new("CMYK", (120, 100), (10, 20, 30, 40)), "JPEG")
+    """A 120x100 CMYK JPEG of a noisy gray image (a flat one is refused as blank)."""
+    gray = np.random.default_rng(1).integers(30, 220, (100, 120)).astype(np.uint8)
+    return encode(Image.fromarray(gray).convert("CMYK"), "JPEG")
 
 
 @pytest.mark.parametrize(
