@@ -7,6 +7,7 @@ import inspect
 import json
 from pathlib import Path
 
+import keras
 import pytest
 
 from pneumo_core import models, tune, tuning_figures
@@ -164,3 +165,29 @@ def test_tuning_table_and_parallel_coordinates(tuning_work, first_search):
     section = tuning_figures.tuning_markdown(tuning)
     assert section.startswith("## Hyper-parameter search") and "| depth | 5 |" in section
     assert tuning_figures.read_tuning(tuning_work["data"]) is None
+
+
+def test_train_with_params_builds_the_best_model(tuning_work, first_search, tmp_path):
+    """``train --params tuning.json`` trains the best trial's architecture and records its settings."""
+    tuning_file = tuning_work["models"] / "cnn" / tune.TUNING_FILE
+    best = read_params(tuning_file)
+    argv = [
+        "train",
+        "--model",
+        "cnn",
+        "--data",
+        str(tuning_work["data"]),
+        "--epochs",
+        "1",
+        "--params",
+        str(tuning_file),
+    ]
+    argv += ["--split-file", str(tuning_work["split"]), "--out", str(tmp_path / "models"), "--run-dir", str(tmp_path)]
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "models" / "cnn" / "config.json").read_text())
+    assert config["args"]["model_params"] == {k: best[k] for k in ("base_filters", "depth", "dropout", "dense_units")}
+    assert config["args"]["learning_rate"] == best["learning_rate"]
+    assert config["args"]["augment_strength"] == best["augment_strength"]
+    model = keras.saving.load_model(tmp_path / "models" / "cnn" / "model.keras", compile=False)
+    convs = [layer for layer in model.layers if layer.name.endswith("_conv")]
+    assert len(convs) == best["depth"] and convs[0].filters == best["base_filters"]
