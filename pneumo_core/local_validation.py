@@ -36,6 +36,7 @@ CONFIDENCE = 0.95
 WIDE_INTERVAL = 0.2
 _LABEL_ALIASES = {"normal": "NORMAL", "0": "NORMAL", "pneumonia": "PNEUMONIA", "1": "PNEUMONIA"}
 MAX_LABELS_BYTES = 20 * 1024**2
+FIGURE_HEIGHT = 460
 
 
 class LabelsError(ValueError):
@@ -272,7 +273,9 @@ def local_entry(entry: ModelEntry, validation: LocalValidation) -> ModelEntry:
 def local_confusion_figure(entry: ModelEntry, validation: LocalValidation) -> go.Figure:
     """The Compare page's confusion matrix (counts and row percentages) on these images."""
     figure = confusion_figure(local_entry(entry, validation))
-    figure.update_layout(title=f"{entry.name} on your images (threshold {validation.shipped.threshold:.3f})")
+    figure.update_layout(
+        title=f"{entry.name} on your images (threshold {validation.shipped.threshold:.3f})", height=FIGURE_HEIGHT
+    )
     return figure
 
 
@@ -290,5 +293,10 @@ def local_roc_figure(entry: ModelEntry, validation: LocalValidation) -> go.Figur
                 name=f"threshold for sensitivity >= {validation.min_sensitivity:.0%} ({suggested.threshold:.3f})",
             )
         )
-    figure.update_layout(title=f"{entry.name} on your images")
+    figure.update_layout(
+        title=f"{entry.name} on your images",
+        height=FIGURE_HEIGHT,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.25, "x": 0},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
     return figure
