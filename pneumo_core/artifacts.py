@@ -31,6 +31,7 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -635,14 +636,17 @@ class LoadedModel:
         """Squash a decoded grayscale image to this model's square input size."""
         return resize_square(gray, self.spec.input_size)
 
+    @functools.cached_property
+    def forward(self):
+        """The model with its preprocessing, compiled once (see :mod:`pneumo_core.forward`)."""
+        from pneumo_core.forward import compiled_forward
+
+        return compiled_forward(self.model, self.spec)
+
     def predict_squares(self, squares: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Pneumonia probabilities for ``(n, size, size)`` uint8 squares."""
-        import keras
-
-        probs = []
-        for start in range(0, len(squares), batch_size):
-            batch = self.spec.model_input(squares[start : start + batch_size])
-            probs.append(keras.ops.convert_to_numpy(self.model(batch, training=False))[:, 0])
+        starts = range(0, len(squares), batch_size)
+        probs = [self.forward(squares[start : start + batch_size])[:, 0] for start in starts]
         return np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
 
     def label(self, prob: float) -> str:
