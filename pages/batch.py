@@ -8,13 +8,12 @@ from pages.common import get_catalog, get_reader, session_memo
 from pneumo_core.archive import ArchiveRefused
 from pneumo_core.batch_scoring import csv_bytes, local_validation, results_table, score, upload_batch
 from pneumo_core.catalog import best_model
-from pneumo_core.diagnosis import DISCLAIMER
+from pneumo_core.diagnosis import disclaimer, operating_facts, percent
 from pneumo_core.imaging import MAX_UPLOAD_MB
 from pneumo_core.local_validation import LabelsError, local_confusion_figure, local_roc_figure, metrics_table
 from pneumo_core.serving import WORK_QUEUE
 
 st.title("Many X-rays at once")
-st.caption(DISCLAIMER)
 
 entries = {entry.name: entry for entry in get_catalog()}
 shipped = [name for name, entry in entries.items() if entry.shipped]
@@ -34,6 +33,7 @@ with st.sidebar:
     )
     entry = entries[choice]
     st.caption(entry.spec.description)
+st.caption(disclaimer(entry.config))
 
 st.markdown(
     "Upload chest X-rays (PNG, JPEG or DICOM), or a **.zip** of them (sub-folders allowed). To see how the "
@@ -109,7 +109,13 @@ read_column, flagged_column, refused_column = st.columns(3)
 read_column.metric("Images read", len(rows) - refused)
 flagged_column.metric("Called PNEUMONIA", flagged)
 refused_column.metric("Refused", refused)
-st.dataframe(results_table(rows), hide_index=True, key="batch_table")
+band = operating_facts(entry.config, entry.metrics).band
+st.dataframe(results_table(rows, band), hide_index=True, key="batch_table")
+if band is not None:
+    st.caption(
+        f"INDETERMINATE: a probability in the grey band from {percent(band.low)} to {percent(band.high)}, "
+        "where both pneumonia and normal validation images were common: read these images yourself."
+    )
 st.download_button(
     "Download the table (CSV)",
     data=csv_bytes(rows),

@@ -33,7 +33,7 @@ from typing import TextIO
 import pandas as pd
 
 from pneumo_core.archive import DEFAULT_LIMITS, ArchiveRefused, ZipContents, is_zip, open_zip
-from pneumo_core.diagnosis import percent
+from pneumo_core.diagnosis import Band, percent, verdict
 from pneumo_core.imaging import SUPPORTED_SUFFIXES, is_supported_file
 from pneumo_core.local_validation import (
     LocalValidation,
@@ -300,8 +300,14 @@ def score(
 # --- Results ------------------------------------------------------------------------------------
 
 
-def results_table(rows: Sequence[BatchRow]) -> pd.DataFrame:
-    """The table a clinician reads: file, accepted, probability (%), label, subtype, true label, reason."""
+def results_table(rows: Sequence[BatchRow], band: Band | None = None) -> pd.DataFrame:
+    """The table a clinician reads: file, accepted, probability (%), reading, subtype, true label, reason.
+
+    Args:
+        rows: The batch's rows.
+        band: The model's grey band of indeterminate scores: a probability inside it reads
+            ``INDETERMINATE``, as on the Diagnose page (the CSV keeps the label at the threshold).
+    """
     flat = [row.to_row() for row in rows]
     table = pd.DataFrame(
         {
@@ -310,7 +316,7 @@ def results_table(rows: Sequence[BatchRow]) -> pd.DataFrame:
             "probability of pneumonia": [
                 "" if row.reading.probability is None else percent(row.reading.probability) for row in rows
             ],
-            "reading": [row.reading.label or "" for row in rows],
+            "reading": [verdict(row.reading, band) if row.reading.accepted else "" for row in rows],
         }
     )
     if any(item.get("subtype") for item in flat):

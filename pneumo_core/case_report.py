@@ -32,7 +32,7 @@ from PIL import Image
 from pneumo_core import __version__
 from pneumo_core.artifacts import CARD_FILE, MODEL_FILE
 from pneumo_core.catalog import ModelEntry
-from pneumo_core.diagnosis import DISCLAIMER, percent
+from pneumo_core.diagnosis import disclaimer, percent
 from pneumo_core.imaging import fit_within
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ def render_case_report(
     method: str,
     explained: str,
     notes: Sequence[str] = (),
+    shown_verdict: str | None = None,
     created: datetime | None = None,
 ) -> bytes:
     """Render the case report of one reading as PDF bytes (one A4 page).
@@ -73,6 +74,8 @@ def render_case_report(
         method: The heatmap method, e.g. ``"Grad-CAM"``.
         explained: The class whose evidence the heatmap shows (``"PNEUMONIA"`` or ``"NORMAL"``).
         notes: How the image was converted for the model (``XRay.notes``), if anything.
+        shown_verdict: The reading as the page shows it (e.g. ``"INDETERMINATE"`` inside the grey band,
+            see :func:`pneumo_core.diagnosis.verdict`); default: the label at the threshold.
         created: When the report is made (default: now, local time with its UTC offset).
 
     Returns:
@@ -87,14 +90,15 @@ def render_case_report(
     pdf = _new_document(created)
     _header(pdf, created)
     _images(pdf, image, overlay, f"{method} for {explained}")
-    _headline(pdf, reading)
+    shown_verdict = shown_verdict or reading.label
+    _headline(pdf, reading, shown_verdict)
     _section(pdf, "Reading")
-    _rows(pdf, _reading_rows(reading, method, explained, notes))
+    _rows(pdf, _reading_rows(reading, shown_verdict, method, explained, notes))
     _section(pdf, "Model")
     _rows(pdf, _model_rows(entry))
     _section(pdf, "Intended use")
     _paragraph(pdf, intended_use(entry))
-    _disclaimer(pdf)
+    _disclaimer(pdf, disclaimer(entry.config))
     _footer(pdf)
     return bytes(pdf.output())
 
@@ -143,11 +147,13 @@ def intended_use(entry: ModelEntry) -> str:
     return " ".join(match.group(1).split()) if match else entry.spec.description
 
 
-def _reading_rows(reading: Reading, method: str, explained: str, notes: Sequence[str]) -> list[tuple[str, str]]:
+def _reading_rows(
+    reading: Reading, shown_verdict: str | None, method: str, explained: str, notes: Sequence[str]
+) -> list[tuple[str, str]]:
     rows = [("Input check", _gate_text(reading))]
     if reading.accepted and reading.probability is not None:
         rows += [
-            ("Model's reading", str(reading.label)),
+            ("Model's reading", str(shown_verdict)),
             ("Probability of pneumonia", percent(reading.probability)),
             ("Operating threshold", f"{percent(reading.threshold)} (PNEUMONIA at or above it)"),
         ]
@@ -250,19 +256,19 @@ def _fit(picture: np.ndarray, box_width: float, box_height: float) -> tuple[floa
     return width_px * scale, height_px * scale
 
 
-def headline(reading: Reading) -> str:
+def headline(reading: Reading, shown_verdict: str | None = None) -> str:
     """The reading in one line, e.g. ``Model's reading: PNEUMONIA (probability 97.0%, threshold 85.1%)``."""
     if not reading.accepted or reading.probability is None:
         return "No reading: the input check refused this image."
     return (
-        f"Model's reading: {reading.label} (probability of pneumonia {percent(reading.probability)}, "
+        f"Model's reading: {shown_verdict or reading.label} (probability of pneumonia {percent(reading.probability)}, "
         f"threshold {percent(reading.threshold)})"
     )
 
 
-def _headline(pdf: FPDF, reading: Reading) -> None:
+def _headline(pdf: FPDF, reading: Reading, shown_verdict: str | None) -> None:
     pdf.set_font(FONT, "B", 12)
-    pdf.cell(0, 7, _latin1(headline(reading)), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.cell(0, 7, _latin1(headline(reading, shown_verdict)), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
 
 def _section(pdf: FPDF, title: str) -> None:
@@ -294,13 +300,11 @@ def _paragraph(pdf: FPDF, text: str) -> None:
     pdf.multi_cell(0, 4.2, _latin1(text), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
 
-def _disclaimer(pdf: FPDF) -> None:
+def _disclaimer(pdf: FPDF, text: str) -> None:
     pdf.ln(3)
     pdf.set_fill_color(255, 243, 205)
     pdf.set_font(FONT, "B", 9.5)
-    pdf.multi_cell(
-        0, 5, _latin1(DISCLAIMER), border=1, fill=True, padding=2, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT
-    )
+    pdf.multi_cell(0, 5, _latin1(text), border=1, fill=True, padding=2, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
 
 
 def _footer(pdf: FPDF) -> None:

@@ -26,6 +26,7 @@ from pneumo_core.batch_scoring import (
     score,
     upload_batch,
 )
+from pneumo_core.diagnosis import Band
 from pneumo_core.local_validation import (
     LabelsError,
     label_from_path,
@@ -180,7 +181,7 @@ def test_score_runs_each_forward_pass_through_the_given_queue(reader):
 
 
 def test_results_table_and_csv():
-    """The table shows percentages and the true label; the CSV has Reading.to_row's columns plus truth."""
+    """The table shows percentages, the grey band's INDETERMINATE and the true label; the CSV has raw values."""
     rows = [
         BatchRow("a.png", Reading(model="cnn", threshold=0.5, probability=0.8123, label="PNEUMONIA"), "PNEUMONIA"),
         BatchRow("b.png", Reading(model="cnn", threshold=0.5, accepted=False, reason="Not an X-ray."), None),
@@ -189,6 +190,7 @@ def test_results_table_and_csv():
     assert list(table.columns) == ["file", "accepted", "probability of pneumonia", "reading", "true label", "reason"]
     assert table.iloc[0].tolist() == ["a.png", "yes", "81.2%", "PNEUMONIA", "PNEUMONIA", ""]
     assert table.iloc[1].tolist() == ["b.png", "no", "", "", "", "Not an X-ray."]
+    assert results_table(rows, Band(low=0.4, high=0.9))["reading"].tolist() == ["INDETERMINATE", ""]
     parsed = list(csv.DictReader(io.StringIO(csv_bytes(rows).decode())))
     assert ROW_KEYS | {"truth", "threshold", "model"} == set(parsed[0])
     assert parsed[0]["probability"] == "0.8123" and parsed[1]["reason"] == "Not an X-ray."

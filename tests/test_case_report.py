@@ -10,7 +10,7 @@ from pdf_support import check_case_report, pdf_info, pdf_text, render_first_page
 
 from pneumo_core.case_report import intended_use, model_version, render_case_report, software_version
 from pneumo_core.catalog import catalog
-from pneumo_core.diagnosis import DISCLAIMER, list_samples
+from pneumo_core.diagnosis import disclaimer, list_samples
 from pneumo_core.gradcam import overlay
 from pneumo_core.imaging import fit_within, read_xray_file
 from pneumo_core.reading import Reading
@@ -71,7 +71,7 @@ def test_report_states_the_reading_the_model_and_the_disclaimer(entry):
     assert f"sensitivity {entry.metrics.test.sensitivity:.3f}" in text
     assert f"n = {entry.metrics.test.n}" in text
     assert " ".join(intended_use(entry).split()) in text
-    assert " ".join(DISCLAIMER.split()) in text
+    assert " ".join(disclaimer(entry.config).split()) in text
     assert "Created 2026-03-14 09:26 (UTC+00:00)" in text
     assert f"Software pneumo-xray {software_version()}" in text
     assert "Grad-CAM for PNEUMONIA" in text
@@ -114,6 +114,21 @@ def test_refused_reading_says_why_and_gives_no_probability(entry):
     assert "Refused: This is not a chest X-ray." in text
     assert "Probability of pneumonia" not in text
     assert "No reading: the input check refused this image." in text
+
+
+def test_report_states_the_verdict_the_page_shows(entry):
+    """Inside the grey band the page says INDETERMINATE; the report says the same, with the label's probability."""
+    data = render_case_report(
+        entry=entry,
+        reading=accepted(entry),
+        image=np.full((90, 90), 120, np.uint8),
+        overlay=np.zeros((90, 90, 3), np.uint8),
+        method="Grad-CAM",
+        explained="PNEUMONIA",
+        shown_verdict="INDETERMINATE",
+    )
+    text = pdf_text(data)
+    assert "Model's reading: INDETERMINATE (probability of pneumonia 93.4%" in text
 
 
 def test_report_without_gate_score_says_so(entry):
