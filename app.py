@@ -17,7 +17,7 @@ def sign_in_required() -> bool:
         return False
 
 
-if sign_in_required() and not st.user.is_logged_in:
+if sign_in_required() and not st.user.get("is_logged_in", False):
     st.title("Pneumonia X-ray assistant")
     st.info("This server requires you to sign in with your organisation's account.")
     st.button("Sign in", on_click=st.login, key="sign_in", type="primary")
