@@ -10,6 +10,7 @@ Usage:
     python -m pneumo_core bench    [--out bench.json] [--repeats N]
     python -m pneumo_core report   [--readme README.md]
     python -m pneumo_core tune     --model NAME --data DIR [--max-trials N] [--budget-minutes M] [--proxy-size PX]
+    python -m pneumo_core fit-gate --model NAME --data DIR [--models-dir models/] [--split-file FILE] [--no-figures]
 """
 
 from __future__ import annotations
@@ -100,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--run-dir", type=Path, default=Path("runs/tune"), help="KerasTuner project (resumable)")
     tune.add_argument("--split-file", type=Path, default=data.DEFAULT_SPLIT_FILE)
     tune.add_argument("--seed", type=int, default=data.SPLIT_SEED)
+
+    gate = commands.add_parser(
+        "fit-gate", help="fit the out-of-distribution gate of a trained model and measure its figures"
+    )
+    gate.add_argument("--model", required=True, choices=model_names())
+    gate.add_argument("--data", type=Path, default=data.DEFAULT_DATA_ROOT)
+    gate.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    gate.add_argument("--split-file", type=Path, default=data.DEFAULT_SPLIT_FILE)
+    gate.add_argument("--no-figures", action="store_true", help="skip measuring the test, perturbed and negative sets")
 
     report = commands.add_parser(
         "report", help="regenerate the model cards and README tables from metrics.json and bench.json"
@@ -294,6 +304,17 @@ def run_tune(args) -> int:
     return 0
 
 
+def run_fit_gate(args) -> int:
+    from pneumo_core.gate_figures import fit_gate_dir
+
+    params = fit_gate_dir(args.models_dir / args.model, args.data, args.split_file, measure=not args.no_figures)
+    print(f"wrote the gate of {args.model}: {params.settings.fitted_on.val_acceptance:.1%} of validation accepted")
+    if params.settings.report is not None:
+        report = params.settings.report
+        print(f"internal test {report.internal_test.rate:.1%} accepted, negatives {report.negatives.rate:.1%} refused")
+    return 0
+
+
 COMMANDS = {
     "split": run_split,
     "train": run_train,
@@ -303,6 +324,7 @@ COMMANDS = {
     "bench": run_bench,
     "report": run_report,
     "tune": run_tune,
+    "fit-gate": run_fit_gate,
 }
 
 if __name__ == "__main__":

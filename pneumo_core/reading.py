@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo_core.artifacts import LoadedModel
+from pneumo_core.gate import Verdict, load_gate
 from pneumo_core.imaging import ImageRejected, XRay, read_xray, read_xray_file
 
 DEFAULT_BATCH_SIZE = 32
@@ -67,6 +68,7 @@ class Reader:
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
+        self.gate = load_gate(loaded)  # None for a model directory without gate files
         self._explainer = None
         self._explainer_lock = threading.Lock()
 
@@ -79,17 +81,39 @@ class Reader:
         """A reading for an input that could not be read or was refused."""
         return Reading(model=self.name, threshold=self.loaded.threshold, accepted=False, reason=reason)
 
-    def read(self, xray: XRay) -> Reading:
-        """Read one X-ray."""
-        return self.read_many([xray])[0]
+    def read(self, xray: XRay, reveal_refused: bool = False) -> Reading:
+        """Read one X-ray (see :meth:`read_many`)."""
+        return self.read_many([xray], reveal_refused)[0]
 
-    def read_many(self, xrays: Sequence[XRay]) -> list[Reading]:
-        """Read several X-rays in one batched forward pass."""
+    def read_many(self, xrays: Sequence[XRay], reveal_refused: bool = False) -> list[Reading]:
+        """Read several X-rays in one batched forward pass, through the model's gate when it has one.
+
+        An image the gate refuses gets ``accepted=False``, the reason and its ``ood_score``, and no
+        probability or label unless ``reveal_refused`` ("show the model's reading anyway").
+        """
         if not xrays:
             return []
         squares = np.stack([self.loaded.square(xray.gray) for xray in xrays])
-        probabilities = self.loaded.predict_squares(squares)
-        return [self._accepted(float(probability)) for probability in probabilities]
+        if self.gate is None:
+            return [self._accepted(float(probability)) for probability in self.loaded.predict_squares(squares)]
+        probabilities, features = self.gate.forward(squares)
+        verdicts = self.gate.judge([xray.gray for xray in xrays], features)
+        return [
+            self._gated(float(probability), verdict, reveal_refused)
+            for probability, verdict in zip(probabilities, verdicts, strict=True)
+        ]
+
+    def _gated(self, probability: float, verdict: Verdict, reveal_refused: bool) -> Reading:
+        shown = verdict.accepted or reveal_refused
+        return Reading(
+            model=self.name,
+            threshold=self.loaded.threshold,
+            probability=probability if shown else None,
+            label=self.loaded.label(probability) if shown else None,
+            accepted=verdict.accepted,
+            reason=verdict.reason,
+            ood_score=verdict.ood_score,
+        )
 
     def _accepted(self, probability: float) -> Reading:
         return Reading(
