@@ -110,18 +110,20 @@ read_column.metric("Images read", len(rows) - refused)
 flagged_column.metric("Called PNEUMONIA", flagged)
 refused_column.metric("Refused", refused)
 band = operating_facts(entry.config, entry.metrics).band
-st.dataframe(results_table(rows, band), hide_index=True, key="batch_table")
-if band is not None:
+table = results_table(rows, band)
+st.dataframe(table, hide_index=True, key="batch_table")
+if band is not None and (table["reading"] == "INDETERMINATE").any():
     st.caption(
         f"INDETERMINATE: a probability in the grey band from {percent(band.low)} to {percent(band.high)}, "
         "where both pneumonia and normal validation images were common: read these images yourself."
     )
 st.download_button(
     "Download the table (CSV)",
-    data=csv_bytes(rows),
+    data=lambda: csv_bytes(rows),
     file_name=f"readings_{entry.name}.csv",
     mime="text/csv",
     key="batch_csv",
+    on_click="ignore",
     icon=":material/download:",
 )
 
