@@ -32,7 +32,9 @@ METRIC_HEADER = ("model", "n test", "accuracy", "sensitivity", "specificity", "p
 METRIC_HEADER += ("PR AUC", "ECE", "threshold", "val ROC AUC")
 TEST_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc", "ece")
 BENCH_HEADER = ("model", "predict median", "predict p95", "+ heatmap median", "+ heatmap p95", "heatmap")
-BENCH_HEADER += ("process start to first prediction",)
+BENCH_HEADER += ("single / batched per image", "process start to first prediction")
+COLD_HEADER = ("model", "import TensorFlow", "import project", "load model", "first prediction", "total")
+LOAD_FILE = BENCH_FILE.parent / "load_test.json"
 
 
 def _table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
@@ -52,27 +54,50 @@ def metrics_table(models_dir: Path) -> str:
     return "\n".join(_table(METRIC_HEADER, rows))
 
 
-def bench_table(bench_file: Path = BENCH_FILE) -> str:
-    """Markdown table of the latest benchmark, or a note that none was run."""
+def bench_table(bench_file: Path = BENCH_FILE, load_file: Path = LOAD_FILE) -> str:
+    """Markdown tables of the latest benchmark (latency, cold start, browser load), or a note that none was run."""
     if not bench_file.is_file():
         return "_No benchmark yet: run `python -m pneumo_core bench`._"
     bench = json.loads(bench_file.read_text())
-    rows = []
+    rows, cold_rows = [], []
     for name, figures in bench["models"].items():
-        predict, explain = figures["predict"], figures["predict_and_heatmap"]
-        rows.append(
-            [f"`{name}`"]
-            + [
-                f"{value:.3f}"
-                for value in (predict["median_s"], predict["p95_s"], explain["median_s"], explain["p95_s"])
-            ]
-            + [figures["heatmap_method"], f"{figures['process_start_to_first_prediction_s']:.1f}"]
-        )
+        predict, explain, cold = figures["predict"], figures["predict_and_heatmap"], figures["cold_start"]
+        ratio = figures["single_vs_batched"]
+        latency = (predict["median_s"], predict["p95_s"], explain["median_s"], explain["p95_s"])
+        single_batched = f"{ratio['single_s']:.3f} / {ratio['batched_per_image_s']:.3f} ({ratio['ratio']:.2f}x)"
+        total = f"{cold['process_start_to_first_prediction_s']:.1f}"
+        rows.append([f"`{name}`", *(f"{value:.3f}" for value in latency), figures["heatmap_method"], single_batched, total])
+        phases = ("import_tensorflow_s", "import_project_s", "load_model_s", "first_prediction_s")
+        cold_rows.append([f"`{name}`", *(f"{cold[key]:.2f}" for key in phases)])
+        cold_rows[-1].append(f"{cold['process_start_to_first_prediction_s']:.2f}")
     intro = (
         f"Measured on {bench['machine']['cpus']} CPU cores, {bench['repeats']} passes over the "
         f"{len(bench['images'])} sample images (seconds)."
     )
-    return "\n".join([intro, "", *_table(BENCH_HEADER, rows)])
+    tables = [intro, "", *_table(BENCH_HEADER, rows), "", "Cold start of a new process, by phase (seconds):", ""]
+    tables += _table(COLD_HEADER, cold_rows)
+    if load_file.is_file():
+        tables += ["", *load_table(json.loads(load_file.read_text()))]
+    return "\n".join(tables)
+
+
+def load_table(load: dict) -> list[str]:
+    """The browser load test (``bench/load_test.py``) as Markdown lines."""
+    rows = []
+    for model, run in load["sessions"].items():
+        rows.append(
+            [f"`{model}`", str(run["sessions"]), str(run["lost"])]
+            + [f"{run[kind][key]:.1f}" for kind in ("reading", "heatmap") for key in ("p50_s", "p95_s")]
+            + [f"{run['page_load']['p95_s']:.1f}"]
+        )
+    header = ("model", "sessions at once", "lost", "reading p50", "reading p95", "heatmap p50", "heatmap p95")
+    return [
+        f"Browser load test (`bench/load_test.py`): the page is ready {load['page_ready_after_launch_s']:.1f} s "
+        f"after `streamlit run serve.py` starts; server peak RSS {load['server_peak_rss_mb']:.0f} MB. Each session "
+        "switches model and uploads at once; seconds from upload:",
+        "",
+        *_table((*header, "page load p95"), rows),
+    ]
 
 
 def replace_block(text: str, marker: str, body: str) -> str:
