@@ -66,7 +66,8 @@ def bench_table(bench_file: Path = BENCH_FILE, load_file: Path = LOAD_FILE) -> s
         latency = (predict["median_s"], predict["p95_s"], explain["median_s"], explain["p95_s"])
         single_batched = f"{ratio['single_s']:.3f} / {ratio['batched_per_image_s']:.3f} ({ratio['ratio']:.2f}x)"
         total = f"{cold['process_start_to_first_prediction_s']:.1f}"
-        rows.append([f"`{name}`", *(f"{value:.3f}" for value in latency), figures["heatmap_method"], single_batched, total])
+        timings = [f"{value:.3f}" for value in latency]
+        rows.append([f"`{name}`", *timings, figures["heatmap_method"], single_batched, total])
         phases = ("import_tensorflow_s", "import_project_s", "load_model_s", "first_prediction_s")
         cold_rows.append([f"`{name}`", *(f"{cold[key]:.2f}" for key in phases)])
         cold_rows[-1].append(f"{cold['process_start_to_first_prediction_s']:.2f}")
