@@ -9,7 +9,7 @@ samples its resident memory twice a second, and takes the child's peak RSS from 
 should make 10,000 images need no more memory than 100.
 
 Usage:
-    .venv/bin/python bench/batch_memory.py [--model cnn] [--sizes 100 5000 10000] [--source DIR]
+    .venv/bin/python bench/batch_memory.py [--model cnn] [--sizes 100 5000 10000] [--source DIR] [--append]
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--source", type=Path, help="a folder of real images to link to (default: synthetic)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--append", action="store_true", help="keep the runs of other sizes already in --out")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -161,6 +162,10 @@ def main() -> None:
             result = measure(args.model, folder, Path(work) / "out.csv", args.batch_size)
         runs.append({"images": size, **result})
         print(f"{size} images: peak RSS {result['peak_rss_mb']} MB, {result['seconds']} s", file=sys.stderr)
+    if args.append and args.out.is_file():
+        sizes = {run["images"] for run in runs}
+        runs += [run for run in json.loads(args.out.read_text())["runs"] if run["images"] not in sizes]
+        runs.sort(key=lambda run: run["images"])
     peaks = {run["images"]: run["peak_rss_mb"] for run in runs}
     report = {
         "command": f"python -m pneumo_core predict --model {args.model} NORMAL/ PNEUMONIA/ --csv out.csv "
