@@ -22,7 +22,7 @@ import io
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -81,10 +81,11 @@ class ZipContents:
         """The member paths, in archive order (``/``-separated, relative to the archive's root)."""
         return tuple(_clean_name(info.filename) for info in self.infos)
 
-    def members(self) -> Iterator[tuple[str, bytes]]:
-        """Yield ``(path, bytes)`` for each member, decompressing one member at a time."""
+    def members(self, indices: Iterable[int] | None = None) -> Iterator[tuple[str, bytes]]:
+        """Yield ``(path, bytes)`` for each member (or those at ``indices``), decompressing one at a time."""
+        chosen = self.infos if indices is None else [self.infos[index] for index in indices]
         with zipfile.ZipFile(io.BytesIO(self.data)) as archive:
-            for info in self.infos:
+            for info in chosen:
                 yield _clean_name(info.filename), _read_bounded(archive, info, info.file_size)
 
 

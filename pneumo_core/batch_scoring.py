@@ -70,10 +70,8 @@ class ArchivePart:
 
     def sources(self) -> Iterator[Source]:
         """Yield ``(name, bytes)`` per chosen member, decompressing one member at a time."""
-        wanted = set(self.indices)
-        for index, (name, data) in enumerate(self.contents.members()):
-            if index in wanted:
-                yield self.prefix + name, data
+        for name, data in self.contents.members(self.indices):
+            yield self.prefix + name, data
 
 
 @dataclass(frozen=True)
@@ -214,11 +212,9 @@ def _archive_part(prefix: str, contents: ZipContents) -> tuple[ArchivePart, list
 def _labels_in_archive(contents: ZipContents, prefix: str) -> dict[str, str]:
     """Labels from the ``.csv`` files of an archive (file paths in them are relative to the archive)."""
     labels: dict[str, str] = {}
-    if not any(name.lower().endswith(LABELS_SUFFIX) for name in contents.names):
-        return labels
-    for name, data in contents.members():
-        if name.lower().endswith(LABELS_SUFFIX):
-            labels.update({prefix + file: label for file, label in read_labels_csv(data).items()})
+    csv_members = [index for index, name in enumerate(contents.names) if name.lower().endswith(LABELS_SUFFIX)]
+    for _, data in contents.members(csv_members):
+        labels.update({prefix + file: label for file, label in read_labels_csv(data).items()})
     return labels
 
 

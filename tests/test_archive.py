@@ -138,3 +138,9 @@ def test_encrypted_member_is_refused():
         position = data.find(signature) + offset
         struct.pack_into("<H", data, position, struct.unpack_from("<H", data, position)[0] | 0x1)
     assert "is encrypted" in refusal(bytes(data))
+
+
+def test_chosen_members_only_are_decompressed():
+    """``members(indices)`` yields just those members, in the order asked."""
+    contents = open_zip(zip_bytes({"a.png": b"A", "b.png": b"B", "c.png": b"C"}))
+    assert list(contents.members([2, 0])) == [("c.png", b"C"), ("a.png", b"A")]
