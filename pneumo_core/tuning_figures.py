@@ -138,9 +138,10 @@ def tuning_caption(tuning: dict) -> str:
     baseline = tuning.get("baseline") or {}
     minutes = tuning.get("wall_seconds", 0.0) / 60
     parts = [
-        f"{tuning.get('n_completed', 0)} of {tuning.get('n_trials', 0)} trials completed in {minutes:.0f} minutes "
-        f"({tuning.get('tuner', 'KerasTuner')}), each at {proxy.get('input_size')}x{proxy.get('input_size')} px "
-        f"for {proxy.get('epochs_per_trial')} epochs (the model itself uses {proxy.get('full_input_size')} px).",
+        f"{tuning.get('n_completed', 0)} of {tuning.get('n_trials', 0)} trials completed in {minutes:.0f} minutes.",
+        f"Search: {tuning.get('tuner', 'KerasTuner')}.",
+        f"Each trial trained at {proxy.get('input_size')}x{proxy.get('input_size')} px for "
+        f"{proxy.get('epochs_per_trial')} epochs (the model itself uses {proxy.get('full_input_size')} px).",
         f"Objective: {objective.get('description', 'validation ROC AUC')}.",
     ]
     if best:
