@@ -249,8 +249,8 @@ class _QueuedReader:
         self._reader = reader
         self._through = through
 
-    def read_many(self, xrays: Sequence) -> list[Reading]:
-        return self._through(lambda: self._reader.read_many(xrays))
+    def read_many(self, xrays: Sequence, *args, **kwargs) -> list[Reading]:
+        return self._through(lambda: self._reader.read_many(xrays, *args, **kwargs))
 
     def refused(self, reason: str) -> Reading:
         return self._reader.refused(reason)
