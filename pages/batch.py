@@ -102,15 +102,15 @@ if stored is None or stored[0] != result_key:
 rows = stored[1]
 
 # --- Results ------------------------------------------------------------------------------------
-refused = sum(not row.reading.accepted for row in rows)
-flagged = sum(row.reading.label == "PNEUMONIA" for row in rows)
-st.subheader("Readings")
-read_column, flagged_column, refused_column = st.columns(3)
-read_column.metric("Images read", len(rows) - refused)
-flagged_column.metric("Called PNEUMONIA", flagged)
-refused_column.metric("Refused", refused)
 band = operating_facts(entry.config, entry.metrics).band
 table = results_table(rows, band)
+readings = table["reading"].value_counts()
+st.subheader("Readings")
+columns = st.columns(4)
+columns[0].metric("Images read", int((table["accepted"] == "yes").sum()))
+columns[1].metric("PNEUMONIA", int(readings.get("PNEUMONIA", 0)))
+columns[2].metric("INDETERMINATE", int(readings.get("INDETERMINATE", 0)))
+columns[3].metric("Refused", int((table["accepted"] == "no").sum()))
 st.dataframe(table, hide_index=True, key="batch_table")
 if band is not None and (table["reading"] == "INDETERMINATE").any():
     st.caption(

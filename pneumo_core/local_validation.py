@@ -33,7 +33,7 @@ from pneumo_core.metrics import MIN_SENSITIVITY, choose_threshold, compute_metri
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 CONFIDENCE = 0.95
 # An interval wider than this cannot support a decision on the threshold.
-WIDE_INTERVAL = 0.2
+WIDE_INTERVAL = 0.1
 _LABEL_ALIASES = {"normal": "NORMAL", "0": "NORMAL", "pneumonia": "PNEUMONIA", "1": "PNEUMONIA"}
 MAX_LABELS_BYTES = 20 * 1024**2
 FIGURE_HEIGHT = 460

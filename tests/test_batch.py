@@ -353,8 +353,8 @@ def test_batch_page_reads_a_labelled_zip_and_validates_locally(batch_page):
     assert not at.exception, at.exception
     table = dataframe_with(at, "accepted")
     assert len(table) == 7 and list(table["true label"]) == ["NORMAL"] * 3 + ["PNEUMONIA"] * 3 + ["NORMAL"]
-    assert [metric.label for metric in at.metric] == ["Images read", "Called PNEUMONIA", "Refused"]
-    assert at.metric[2].value == "1"
+    assert [metric.label for metric in at.metric] == ["Images read", "PNEUMONIA", "INDETERMINATE", "Refused"]
+    assert at.metric[0].value == "6" and at.metric[3].value == "1"
     assert any("rest on 6 labelled images (3 pneumonia, 3 normal)" in m.value for m in at.markdown)
     assert len(at.get("plotly_chart")) == 2
     assert dataframe_with(at, "ROC AUC").index.tolist() == [at.selectbox(key="batch_model").value]
