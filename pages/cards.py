@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from pages.common import get_catalog
@@ -27,7 +29,8 @@ for entry in entries:
         if not entry.shipped:
             st.info(entry.unavailable_reason)
             continue
-        st.markdown((entry.directory / CARD_FILE).read_text())
+        # The card is a standalone Markdown file; nested in the page its headings sit below the title.
+        st.markdown(re.sub(r"^(#+) ", r"\1## ", (entry.directory / CARD_FILE).read_text(), flags=re.MULTILINE))
         data, provenance = entry.config.data, entry.config.provenance
         sizes = ", ".join(f"{name} {size}" for name, size in data.split_sizes.items())
         st.caption(

@@ -39,10 +39,9 @@ st.markdown(
 st.subheader("Metrics at each model's operating threshold")
 table = comparison_table(shipped)
 best = best_per_column(table)
+HIGHLIGHT = "font-weight: bold; background-color: #d4edda"
 styled = formatted(table).style.apply(
-    lambda column: [
-        "font-weight: bold; background-color: #d4edda" if best.get(column.name) == name else "" for name in column.index
-    ]
+    lambda column: [HIGHLIGHT if name in best.get(column.name, ()) else "" for name in column.index]
 )
 st.dataframe(styled, key="metrics_table")
 st.caption("Best value in each column highlighted (lowest for log loss and ECE, the expected calibration error).")

@@ -38,15 +38,16 @@ def comparison_table(entries: list[ModelEntry]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def best_per_column(table: pd.DataFrame) -> dict[str, str]:
-    """Which model is best in each metric column (lowest for log loss and ECE)."""
+def best_per_column(table: pd.DataFrame, digits: int = 3) -> dict[str, set[str]]:
+    """Which models are best in each metric column (lowest for log loss and ECE); ties as shown all count."""
     best = {}
     for column in table.columns:
         if column in ("n", "Threshold"):
             continue
-        values = pd.to_numeric(table[column], errors="coerce")
+        values = pd.to_numeric(table[column], errors="coerce").round(digits)
         if values.notna().any():
-            best[column] = values.idxmin() if column in LOWER_IS_BETTER else values.idxmax()
+            target = values.min() if column in LOWER_IS_BETTER else values.max()
+            best[column] = set(values.index[values == target])
     return best
 
 
@@ -75,6 +76,7 @@ def confusion_figure(entry: ModelEntry) -> go.Figure:
             y=names,
             text=text,
             texttemplate="%{text}",
+            textfont={"size": 15},
             colorscale="Blues",
             zmin=0,
             zmax=100,

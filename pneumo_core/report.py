@@ -123,10 +123,7 @@ def update_readme(readme: Path, models_dir: Path) -> None:
 def render_card(config: ModelConfig, metrics: ModelMetrics) -> str:
     """A short model card in Markdown: data, intended use, metrics, training, limitations."""
     spec, data, population, test = config.spec, config.data, config.population, metrics.test
-    rows = "\n".join(
-        f"| {key} | {_fmt(getattr(test, key))} |"
-        for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "ece")
-    )
+    rows = "\n".join(f"| {label} | {_fmt(getattr(test, key))} |" for key, label in CARD_METRICS.items())
     split_sizes = ", ".join(f"{name}: {size}" for name, size in data.split_sizes.items())
     heatmap = "Grad-CAM, Grad-CAM++ or Faster-ScoreCAM" if spec.gradcam_layer else "SmoothGrad saliency"
     calibration = config.calibration
@@ -145,8 +142,8 @@ Split by patient {config.split_percentages} ({split_sizes};
 split `{data.split_file}`, sha256 `{data.split_hash[:12]}`).
 
 ## Input
-Grayscale, squashed (not cropped) to {spec.input_size}x{spec.input_size}, preprocessing
-`{spec.preprocess.rsplit(".", 1)[-1]}`, {spec.channels} {"channel" if spec.channels == 1 else "channels"}.
+Grayscale, squashed (not cropped) to {spec.input_size}x{spec.input_size} pixels;
+{_preprocessing_text(spec.name)}
 
 ## Intended use
 Second-reader support for clinicians and researchers reviewing chest X-rays like the
@@ -199,6 +196,25 @@ def refresh_card(directory: Path) -> None:
     found = read_model_dir(directory, verify_model_file=True)
     (directory / CARD_FILE).write_text(render_card(found.config, found.metrics))
     seal(directory, updated=[CARD_FILE])
+
+
+CARD_METRICS = {
+    "accuracy": "Accuracy",
+    "sensitivity": "Sensitivity (pneumonia found)",
+    "specificity": "Specificity (normal cleared)",
+    "precision": "Precision (positive predictive value)",
+    "f1": "F1 score",
+    "roc_auc": "ROC AUC",
+    "ece": "Expected calibration error",
+}
+
+
+def _preprocessing_text(name: str) -> str:
+    """The registry's own one-line description of a model's preprocessing, in plain words."""
+    from pneumo_core.registry import get_spec
+
+    summary = (get_spec(name).preprocess.__doc__ or "").strip().splitlines()[0]
+    return summary.replace("``", "").replace("(n, h, w, 1) ", "").rstrip(".") + "."
 
 
 def _fmt(value: float | None) -> str:

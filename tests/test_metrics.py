@@ -176,3 +176,17 @@ def test_sensitivity_by_subtype():
     assert compute_metrics(y, prob, 0.5)["sensitivity_by_subtype"] == {}
     only_bacteria = compute_metrics(y, prob, 0.5, subtypes=np.array(["bacteria"] * 5 + ["normal"] * 2))
     assert set(only_bacteria["sensitivity_by_subtype"]) == {"bacteria"}
+
+
+def test_ties_in_the_metrics_table_highlight_every_tied_model():
+    """Two models at 0.995 ROC AUC (as displayed) are both the best; lowest wins for ECE."""
+    import pandas as pd
+
+    from pneumo_core.figures import best_per_column
+
+    table = pd.DataFrame(
+        {"ROC AUC": [0.9951, 0.9949, 0.966], "ECE": [0.013, 0.0131, 0.034]}, index=["cnn", "xception", "mlp"]
+    )
+    best = best_per_column(table)
+    assert best["ROC AUC"] == {"cnn", "xception"}
+    assert best["ECE"] == {"cnn", "xception"}
