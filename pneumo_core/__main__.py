@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--params", type=Path, help="hyper-parameters: a tuning.json (its best trial) or a JSON object of values"
     )
+    train.add_argument("--no-gate", action="store_true", help="do not fit the out-of-distribution gate afterwards")
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model on a folder of images")
     evaluate.add_argument("--model", required=True, choices=model_names())
@@ -161,7 +162,7 @@ def run_train(args) -> int:
     )
     if args.params is not None:
         resolved = with_params_file(resolved, spec, args.params)
-    print(f"wrote {train(spec, resolved)}")
+    print(f"wrote {train(spec, resolved, fit_gate=not args.no_gate)}")
     return 0
 
 
@@ -189,13 +190,19 @@ def run_evaluate(args) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out, result)
         print(f"wrote {args.out}")
-    metrics = result["metrics"]
-    figures = ", ".join(
+    print(f"{result['model']} on {result['data']}: {_figures(result['metrics'])} (threshold {result['threshold']:.3f})")
+    if result["gated"]:
+        accepted = result["metrics_accepted"]
+        on_accepted = "none accepted" if accepted is None else f"on the {accepted['n']} accepted: {_figures(accepted)}"
+        print(f"{result['n_refused']} refused by the gate; {on_accepted}")
+    return 0
+
+
+def _figures(metrics: dict) -> str:
+    return ", ".join(
         f"{key} {'n/a' if metrics[key] is None else format(metrics[key], '.3f')}"
         for key in ("accuracy", "sensitivity", "specificity", "roc_auc")
     )
-    print(f"{result['model']} on {result['data']}: {figures} (threshold {result['threshold']:.3f})")
-    return 0
 
 
 def _positive_int(text: str) -> int:

@@ -13,6 +13,7 @@ Usage:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import numpy as np
 
 from pneumo_core.artifacts import load_model_dir, shipped_model_dirs, write_json
 from pneumo_core.diagnosis import list_samples
+from pneumo_core.gate_figures import measure_cost
 from pneumo_core.gradcam import methods_for, overlay
 from pneumo_core.imaging import fit_within, read_xray
 from pneumo_core.reading import Reader
@@ -123,7 +125,15 @@ def bench_model(model_dir: Path, images: list[bytes], repeats: int) -> dict:
         "predict": _summary(predict_times[warm:]),
         "predict_and_heatmap": _summary(explain_times[warm:]),
         "single_vs_batched": single_batched,
+        "gate": _gate_cost(reader, images, repeats),
     }
+
+
+def _gate_cost(reader: Reader, images: list[bytes], repeats: int) -> dict | None:
+    """What the out-of-distribution gate adds per image (ms; included in ``predict``), or None without a gate."""
+    if reader.gate is None:
+        return None
+    return dataclasses.asdict(measure_cost(reader.gate, [read_xray(image).gray for image in images], repeats))
 
 
 def run_benchmark(models_dir: Path, out: Path, repeats: int) -> dict:

@@ -5,6 +5,10 @@ they are left out, listed with their reason under ``unreadable`` in the result, 
 are computed on the rest. Images are decoded in bounded batches, so a large folder never holds
 more than one batch of decoded images in memory.
 
+When the model has an out-of-distribution gate (see :mod:`pneumo_core.gate`), the images it refuses
+are counted and listed under ``refused``; ``metrics`` covers every readable image (the model's reading
+of a refused image is still taken) and ``metrics_accepted`` only the images the gate accepted.
+
 Usage:
     python -m pneumo_core evaluate --model cnn --data ../shared/data/chest_xray
     python -m pneumo_core evaluate --model cnn --data path/to/chest_xray/test --out official.json
@@ -22,7 +26,7 @@ import pandas as pd
 from pneumo_core import data
 from pneumo_core.artifacts import LoadedModel
 from pneumo_core.metrics import compute_metrics
-from pneumo_core.reading import Reader, read_sources
+from pneumo_core.reading import Reader, Reading, read_sources
 
 LOGGER = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 64
@@ -86,17 +90,21 @@ def evaluate_folder(
 
     Returns:
         A JSON-serialisable dict: ``model``, ``data`` (what was evaluated), ``threshold``,
-        ``metrics`` (see :func:`pneumo_core.metrics.compute_metrics`, on the readable images),
-        ``n_listed`` (images chosen before reading), ``unreadable`` and ``skipped`` (lists of
-        ``{"file": "LABEL/name", "reason": ...}``: images left out because they could not be
-        read, and folder entries that are not images).
+        ``metrics`` (see :func:`pneumo_core.metrics.compute_metrics`, on all readable images),
+        ``gated`` (whether the model has a gate), ``n_refused`` and ``metrics_accepted`` (the
+        metrics on the images the gate accepted; None when it accepted none), ``n_listed``
+        (images chosen before reading), ``refused`` (``{"file", "reason", "ood_score"}`` per image
+        the gate refused), ``unreadable`` and ``skipped`` (lists of ``{"file": "LABEL/name",
+        "reason": ...}``: images left out because they could not be read, and folder entries that
+        are not images).
 
     Raises:
         ValueError: If the folder has no images, or none of the chosen images can be read.
     """
     listing = data.scan_images(data_dir)
     frame, description = evaluation_frame(data_dir, split, _trained_split_hash(loaded), listing.records)
-    outcomes = list(_probabilities_or_reasons(loaded, [Path(path) for path in frame["path"]], batch_size))
+    reader = Reader(loaded)
+    outcomes = list(_readings_or_reasons(reader, [Path(path) for path in frame["path"]], batch_size))
     readable = np.array([not isinstance(outcome, str) for outcome in outcomes], dtype=bool)
     unreadable = [
         {"file": f"{label}/{data.shown(file)}", "reason": outcome}
@@ -111,13 +119,31 @@ def evaluate_folder(
         LOGGER.warning("Left out %d unreadable image(s): %s", len(unreadable), _examples(unreadable))
         description += f"; {len(unreadable)} unreadable left out"
     kept = frame[readable]
-    probabilities = np.array([outcome for outcome in outcomes if not isinstance(outcome, str)], dtype=float)
+    readings = [outcome for outcome in outcomes if not isinstance(outcome, str)]
+    probabilities = np.array([reading.probability for reading in readings], dtype=float)
+    accepted = np.array([reading.accepted for reading in readings], dtype=bool)
+    labels, subtypes = data.labels_of(kept), kept["subtype"].to_numpy()
+    refused = [
+        {"file": f"{label}/{data.shown(file)}", "reason": reading.reason, "ood_score": reading.ood_score}
+        for label, file, reading in zip(kept["label"], kept["file"], readings, strict=True)
+        if not reading.accepted
+    ]
+    if reader.gate is not None:
+        description += f"; {len(refused)} of {len(readings)} refused by the gate"
     return {
         "model": loaded.spec.name,
         "data": description,
         "threshold": loaded.threshold,
-        "metrics": compute_metrics(data.labels_of(kept), probabilities, loaded.threshold, kept["subtype"].to_numpy()),
+        "metrics": compute_metrics(labels, probabilities, loaded.threshold, subtypes),
+        "gated": reader.gate is not None,
+        "n_refused": len(refused),
+        "metrics_accepted": (
+            compute_metrics(labels[accepted], probabilities[accepted], loaded.threshold, subtypes[accepted])
+            if accepted.any()
+            else None
+        ),
         "n_listed": len(frame),
+        "refused": refused,
         "unreadable": unreadable,
         "skipped": [{"file": entry.file, "reason": entry.reason} for entry in listing.skipped],
     }
@@ -128,14 +154,15 @@ def _trained_split_hash(loaded: LoadedModel) -> str | None:
     return loaded.config.data.split_hash
 
 
-def _probabilities_or_reasons(loaded: LoadedModel, paths: Sequence[Path], batch_size: int) -> Iterator[float | str]:
-    """Per path, in order: its pneumonia probability, or the reason it cannot be read or was refused.
+def _readings_or_reasons(reader: Reader, paths: Sequence[Path], batch_size: int) -> Iterator[Reading | str]:
+    """Per path, in order: its reading (with the probability even when the gate refused the image), or
+    the reason it cannot be read.
 
-    At most ``batch_size`` decoded images are held at once; only the probabilities are kept.
+    At most ``batch_size`` decoded images are held at once; only the readings are kept.
     """
     sources = ((path.name, path) for path in paths)
-    for _, reading in read_sources(Reader(loaded), sources, batch_size=batch_size):
-        yield reading.probability if reading.accepted else reading.reason
+    for _, reading in read_sources(reader, sources, batch_size=batch_size, reveal_refused=True):
+        yield reading if reading.probability is not None else reading.reason
 
 
 def _examples(unreadable: list[dict]) -> str:

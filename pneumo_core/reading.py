@@ -142,7 +142,7 @@ Source = tuple[str, "bytes | Path"]
 
 
 def read_sources(
-    reader: Reader, sources: Iterable[Source], batch_size: int = DEFAULT_BATCH_SIZE
+    reader: Reader, sources: Iterable[Source], batch_size: int = DEFAULT_BATCH_SIZE, reveal_refused: bool = False
 ) -> Iterator[tuple[str, Reading]]:
     """Stream readings for many inputs, decoding at most ``batch_size`` images at a time.
 
@@ -150,6 +150,7 @@ def read_sources(
         reader: The model to read with.
         sources: ``(name, bytes or path)`` pairs; paths are read with the bounded file reader.
         batch_size: How many decoded images are held in memory at once.
+        reveal_refused: Give images the gate refused their probability and label too (see :meth:`Reader.read_many`).
 
     Yields:
         ``(name, reading)`` in input order, one per source; an unreadable input yields a refused
@@ -159,9 +160,9 @@ def read_sources(
     for name, source in sources:
         pending.append((name, _decode(name, source)))
         if len(pending) >= batch_size:
-            yield from _read_pending(reader, pending)
+            yield from _read_pending(reader, pending, reveal_refused)
             pending = []
-    yield from _read_pending(reader, pending)
+    yield from _read_pending(reader, pending, reveal_refused)
 
 
 def _decode(name: str, source: bytes | Path) -> XRay | str:
@@ -174,8 +175,10 @@ def _decode(name: str, source: bytes | Path) -> XRay | str:
         return f"The file could not be read ({error.strerror or type(error).__name__})."
 
 
-def _read_pending(reader: Reader, pending: list[tuple[str, XRay | str]]) -> Iterator[tuple[str, Reading]]:
+def _read_pending(
+    reader: Reader, pending: list[tuple[str, XRay | str]], reveal_refused: bool = False
+) -> Iterator[tuple[str, Reading]]:
     xrays = [item for _, item in pending if isinstance(item, XRay)]
-    readings = iter(reader.read_many(xrays))
+    readings = iter(reader.read_many(xrays, reveal_refused))
     for name, item in pending:
         yield name, next(readings) if isinstance(item, XRay) else reader.refused(item)

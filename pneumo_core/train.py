@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 
 from pneumo_core import artifacts, data
 from pneumo_core.artifacts import TrainArgs
+from pneumo_core.gate_figures import fit_gate_dir
 from pneumo_core.metrics import MIN_SENSITIVITY, THRESHOLD_RULE, choose_threshold, compute_metrics
 from pneumo_core.models import OUTPUT_LAYER
 from pneumo_core.registry import ModelSpec
@@ -239,8 +240,12 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
     return history
 
 
-def train(spec: ModelSpec, args: TrainArgs) -> Path:
+def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True) -> Path:
     """Train ``spec`` and write its complete artifact directory.
+
+    With ``fit_gate``, the out-of-distribution gate is then fitted on the same training split and
+    measured (see :func:`pneumo_core.gate_figures.fit_gate_dir`), so a retrained model never keeps
+    the gate of the model it replaces.
 
     Returns:
         The model directory ``<out>/<name>``.
@@ -268,7 +273,10 @@ def train(spec: ModelSpec, args: TrainArgs) -> Path:
         validation=split_metrics(targets["val"], val_prob, threshold, frames["val"]),
         test=split_metrics(targets["test"], test_prob, threshold, frames["test"]),
     )
-    return write_artifacts(spec, args, model, metrics, history, calibration, frames, time.time() - started)
+    out_dir = write_artifacts(spec, args, model, metrics, history, calibration, frames, time.time() - started)
+    if fit_gate:
+        fit_gate_dir(out_dir, Path(args.data), Path(args.split_file))
+    return out_dir
 
 
 def split_metrics(
