@@ -143,6 +143,21 @@ def _thin(timeline: list[tuple[float, float]]) -> list[list[float]]:
     return [list(timeline[index]) for index in keep]
 
 
+def _git_describe() -> str:
+    """The commit the benchmark ran on (``git describe --always --dirty``), or "unknown"."""
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="cnn")
@@ -172,6 +187,7 @@ def main() -> None:
         f"--batch-size {args.batch_size}",
         "images": description,
         "machine": {"cpu_cores": os.cpu_count(), "python": platform.python_version()},
+        "software": _git_describe(),
         "runs": runs,
         "peak_rss_growth_mb": round(peaks[max(peaks)] - peaks[min(peaks)], 1),
         "note": "peak_rss_mb is the CLI process's maximum resident set size from the kernel (ru_maxrss); "
