@@ -93,8 +93,25 @@ except ModelRefused as error:
 reading = shared_result(("reading", xray.digest, entry.name), lambda: reader.read(xray), "Reading the image…")
 st.subheader("Result")
 if not reading.accepted:
-    st.error(f"No reading for this image. {reading.reason}")
-    st.stop()
+    st.error(
+        f"**The model did not read this image.** {reading.reason} It was trained on "
+        f"{entry.config.population.summary}, so it gives no answer for images unlike those."
+    )
+    if not st.toggle("Show the model's reading anyway", key=f"reveal_{xray.digest[:16]}"):
+        st.stop()
+    reading = shared_result(
+        ("revealed", xray.digest, entry.name), lambda: reader.read(xray, reveal_refused=True), "Reading the image…"
+    )
+    st.warning(
+        ":material/warning: Shown although the image was refused: the model has not learned images like this "
+        "one, so its score and heatmap may be meaningless. Do not base any decision on them."
+    )
+elif reading.caution:
+    st.warning(
+        ":material/warning: This image passed the check, but it is unusual for the model (close to the "
+        f"refusal limit). The model was trained on {entry.config.population.summary}; an adult, lateral or "
+        "otherwise atypical X-ray may be read less reliably."
+    )
 facts = operating_facts(entry.config, entry.metrics)
 label_column, probability_column, threshold_column, gauge_column = st.columns([3, 2, 2, 4])
 label_column.metric("Model's reading", verdict(reading, facts.band))

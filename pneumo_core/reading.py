@@ -43,6 +43,7 @@ class Reading:
     accepted: bool = True
     reason: str | None = None
     ood_score: float | None = None
+    caution: bool = False  # accepted, but close to the gate's refusal limit: an unusual image
 
     @property
     def target_class(self) -> int:
@@ -113,6 +114,7 @@ class Reader:
             accepted=verdict.accepted,
             reason=verdict.reason,
             ood_score=verdict.ood_score,
+            caution=verdict.caution,
         )
 
     def _accepted(self, probability: float) -> Reading:
