@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -58,6 +59,10 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 
 class BatchSettingsError(ValueError):
     """The batch command's arguments do not fit together; str(error) says how to fix them."""
+
+
+class RayUnavailable(ValueError):
+    """The Ray cluster named by ``--address`` or ``RAY_ADDRESS`` cannot be reached; str(error) says what to check."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,7 @@ def ray_tables(model_dir: Path, ordered: list[str], batch_size: int, settings: R
             fn_constructor_kwargs={"model_dir": str(model_dir.resolve()), "threads": settings.cpus_per_worker},
             batch_size=batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=settings.workers),
+            compute=ray.data.ActorPoolStrategy(size=min(settings.workers, blocks)),
             num_cpus=settings.cpus_per_worker,
         )
         yield from scored.iter_batches(batch_size=None, batch_format="pyarrow")
@@ -243,7 +248,14 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     }
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **common)
+        check_reachable(address)
+        try:
+            ray.init(address=address, **common)
+        except ConnectionError as error:
+            raise RayUnavailable(
+                f"Could not connect to the Ray cluster at {address}. Check that it runs (`ray status` on its head "
+                "node) and, if it uses token authentication, that RAY_AUTH_MODE=token and its token are set here."
+            ) from error
     else:
         ray.init(num_cpus=os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
     # Ray Data logs its progress at INFO on non-terminals (and re-applies its own level to "ray.data").
@@ -252,6 +264,24 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when nothing listens at a ``host:port`` cluster address (Ray itself retries for minutes).
+
+    Raises:
+        RayUnavailable: If a TCP connection to the address is refused or times out.
+    """
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise RayUnavailable(
+            f"Nothing answers at {address} ({error.strerror or type(error).__name__}). Start the cluster with "
+            "`ray start --head` or fix --address / RAY_ADDRESS."
+        ) from error
 
 
 def write_tables(tables: Iterable[pa.Table], out: Path) -> tuple[int, int]:

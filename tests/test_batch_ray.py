@@ -14,7 +14,15 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from pneumo_core.batch import SCHEMA, BatchSettingsError, RaySettings, ray_session, score_files
+from pneumo_core.batch import (
+    SCHEMA,
+    BatchSettingsError,
+    RaySettings,
+    RayUnavailable,
+    check_reachable,
+    ray_session,
+    score_files,
+)
 from pneumo_core.sources import expand_inputs
 
 # A name no Ray log could contain by chance: the privacy test searches the logs for it.
@@ -141,3 +149,9 @@ def test_local_engine_refuses_ray_options(archive, model_dir, tmp_path):
     """``--workers`` without ``--engine ray`` would be silently ignored, so it is refused."""
     with pytest.raises(BatchSettingsError, match="need --engine ray"):
         score_files(model_dir, [archive / MARKER_NAME], tmp_path / "p.csv", ray_settings=RaySettings(workers=2))
+
+
+def test_an_unreachable_cluster_address_fails_fast_with_a_hint():
+    """Nothing listens on port 1: the error says so at once instead of Ray retrying for minutes."""
+    with pytest.raises(RayUnavailable, match=r"Nothing answers at 127\.0\.0\.1:1 .*ray start --head"):
+        check_reachable("127.0.0.1:1")
