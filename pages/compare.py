@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import get_catalog
+from pneumo_core.catalog import models_dir
 from pneumo_core.figures import (
     best_per_column,
     comparison_table,
@@ -14,6 +15,7 @@ from pneumo_core.figures import (
     roc_figure,
     subtype_table,
 )
+from pneumo_core.gate_figures import gate_table
 from pneumo_core.tuning_figures import parallel_coordinates_figure, read_tuning, tuning_caption, tuning_table
 
 st.title("Compare models")
@@ -56,6 +58,21 @@ st.caption("Crosses mark each model's operating point (its threshold).")
 
 st.subheader("Sensitivity by pneumonia subtype")
 st.dataframe(formatted(subtype_table(shipped)), key="subtype_table")
+
+st.subheader("When the models refuse to answer")
+gates = gate_table(models_dir())
+if gates.empty:
+    st.info("No model has a measured out-of-distribution gate yet (`python -m pneumo_core fit-gate`).")
+else:
+    rates = [column for column in gates.columns if column.endswith(("accepted", "refused (gate)", "or gate)"))]
+    shown = gates.set_index("model").style.format({column: "{:.1%}" for column in rates})
+    st.dataframe(shown.format({"gate cost (ms per image)": "{:.0f}"}), key="gate_table")
+    st.caption(
+        "Each model's gate is fitted on the training split's X-rays only; its threshold lets at least 99% of "
+        "validation X-rays through. Negative images (photos, textures, documents, CT, MR and ultrasound "
+        "frames, synthetic shapes) were never used to fit it; they only test it. Perturbed: the internal test "
+        "X-rays mildly rotated, cropped, re-exposed or re-compressed."
+    )
 
 st.subheader("Training curves")
 for entry in shipped:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from pneumo_core.artifacts import (
@@ -120,8 +121,13 @@ def update_readme(readme: Path, models_dir: Path) -> None:
     print(f"updated {readme}")
 
 
-def render_card(config: ModelConfig, metrics: ModelMetrics) -> str:
-    """A short model card in Markdown: data, intended use, metrics, training, limitations."""
+def render_card(config: ModelConfig, metrics: ModelMetrics, extra_sections: Sequence[str] = ()) -> str:
+    """A short model card in Markdown: data, intended use, metrics, training, limitations.
+
+    ``extra_sections`` (Markdown, each starting with a ``##`` heading) go before the limitations:
+    the gate's figures and the hyper-parameter search, when the model has them.
+    """
+    extras = "".join(section.rstrip() + "\n\n" for section in extra_sections)
     spec, data, population, test = config.spec, config.data, config.population, metrics.test
     rows = "\n".join(f"| {label} | {_fmt(getattr(test, key))} |" for key, label in CARD_METRICS.items())
     split_sizes = ", ".join(f"{name}: {size}" for name, size in data.split_sizes.items())
@@ -162,7 +168,7 @@ Calibration: {calibration.method}, p = sigmoid({calibration.scale:.4f} z + {cali
 ## Training
 {_training_facts(config.provenance, config.parameters)}
 
-## Limitations
+{extras}## Limitations
 - Trained and tested on {population.summary};
   not validated on {population.not_validated_on}.
 - The internal test split comes from the same pool as the training images and flatters:
@@ -171,6 +177,30 @@ Calibration: {calibration.method}, p = sigmoid({calibration.scale:.4f} z + {cali
 - It separates {negative} from {positive} only; it cannot recognise other findings.
 - The probability is calibrated on the {config.threshold_rule.chosen_on}, not on your population.
 """
+
+
+def card_sections(directory: Path) -> list[str]:
+    """The optional model-card sections of a verified model directory: its gate, its hyper-parameter search."""
+    from pneumo_core.gate import read_gate_settings
+    from pneumo_core.tuning_figures import read_tuning, tuning_markdown
+
+    sections = []
+    gate = read_gate_settings(directory)
+    if gate is not None and gate.report is not None:
+        report = gate.report
+        sections.append(
+            "## When it refuses to answer\n"
+            "An out-of-distribution gate, fitted on the training split's X-rays only, refuses images unlike them "
+            "(no probability, no heatmap). Measured: "
+            f"{report.internal_test.rate:.1%} of internal test X-rays and {report.perturbed_test.rate:.1%} of "
+            f"mildly perturbed copies accepted; {report.negatives.rate:.1%} of {report.negatives.n} images that are "
+            "not chest X-rays (photos, textures, documents, CT, MR, ultrasound, synthetic shapes) refused; "
+            f"{report.cost.judge_median_ms:.0f} ms per image."
+        )
+    tuning = read_tuning(directory)
+    if tuning is not None:
+        sections.append(tuning_markdown(tuning))
+    return sections
 
 
 def _training_facts(provenance: Provenance, parameters: int) -> str:
@@ -194,7 +224,7 @@ def refresh_card(directory: Path) -> None:
         ModelRefused: If the directory does not verify (an edit is never sealed by re-rendering).
     """
     found = read_model_dir(directory, verify_model_file=True)
-    (directory / CARD_FILE).write_text(render_card(found.config, found.metrics))
+    (directory / CARD_FILE).write_text(render_card(found.config, found.metrics, card_sections(directory)))
     seal(directory, updated=[CARD_FILE])
 
 
