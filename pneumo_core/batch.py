@@ -118,7 +118,9 @@ def score_files(
         The output path, the number of rows and of refused inputs, and the wall time.
 
     Raises:
-        BatchSettingsError: On an unknown engine or output format, or an empty list of paths.
+        BatchSettingsError: On an unknown engine or output format, an empty list of paths, or a Ray
+            pool that does not fit the cluster.
+        RayUnavailable: If the cluster address does not answer.
     """
     check_settings(out, engine, batch_size, paths, ray_settings)
     started = time.perf_counter()

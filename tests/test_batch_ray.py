@@ -155,3 +155,10 @@ def test_an_unreachable_cluster_address_fails_fast_with_a_hint():
     """Nothing listens on port 1: the error says so at once instead of Ray retrying for minutes."""
     with pytest.raises(RayUnavailable, match=r"Nothing answers at 127\.0\.0\.1:1 .*ray start --head"):
         check_reachable("127.0.0.1:1")
+
+
+def test_schema_has_exactly_the_columns_of_a_reading_row():
+    """Both engines write SCHEMA; a column added to Reading.to_row must be added to it, not silently dropped."""
+    from pneumo_core.reading import Reading
+
+    assert SCHEMA.names == list(Reading(model="cnn", threshold=0.5).to_row("x.png"))
