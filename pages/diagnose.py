@@ -20,8 +20,8 @@ from pneumo_core.diagnosis import (
     samples_credit,
     verdict,
 )
-from pneumo_core.gradcam import COLORMAPS, colour_bar, methods_for, overlay
-from pneumo_core.imaging import MAX_UPLOAD_MB, ImageRejected, fit_within, png_bytes, read_xray
+from pneumo_core.gradcam import COLORMAPS, colour_bar, display_pair, methods_for
+from pneumo_core.imaging import MAX_UPLOAD_MB, ImageRejected, png_bytes, read_xray
 
 st.title("Pneumonia check on a chest X-ray")
 
@@ -144,8 +144,7 @@ heatmap = shared_result(
     f"Computing {method}…",
 )
 
-shown = fit_within(xray.gray)
-blended = overlay(shown, heatmap, opacity=opacity, colormap=colormap)
+shown, blended = display_pair(xray.gray, heatmap, opacity=opacity, colormap=colormap)
 left, right = st.columns(2)
 left.image(shown, caption="Original", width="stretch")
 right.image(blended, caption=f"{method} for {class_names[explained]}", width="stretch")

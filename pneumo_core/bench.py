@@ -27,8 +27,8 @@ import numpy as np
 from pneumo_core.artifacts import load_model_dir, shipped_model_dirs, write_json
 from pneumo_core.diagnosis import list_samples
 from pneumo_core.gate_figures import measure_cost
-from pneumo_core.gradcam import methods_for, overlay
-from pneumo_core.imaging import fit_within, read_xray
+from pneumo_core.gradcam import display_pair, methods_for
+from pneumo_core.imaging import read_xray
 from pneumo_core.reading import Reader
 
 COLD_START_SCRIPT = """
@@ -114,7 +114,7 @@ def bench_model(model_dir: Path, images: list[bytes], repeats: int) -> dict:
             reading = reader.read(xray)
             predicted = time.perf_counter()
             heat = reader.heatmap(xray, method, reading.target_class)
-            overlay(fit_within(xray.gray), heat)
+            display_pair(xray.gray, heat)
             finished = time.perf_counter()
             predict_times.append(predicted - started)
             explain_times.append(finished - started)

@@ -11,18 +11,16 @@ Usage:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
-import keras
 import numpy as np
-from keras import layers
-from tf_keras_vis.gradcam import Gradcam
-from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-from tf_keras_vis.saliency import Saliency
-from tf_keras_vis.scorecam import Scorecam
-from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-from tf_keras_vis.utils.scores import CategoricalScore
 
 from pneumo_core.artifacts import LoadedModel
+from pneumo_core.imaging import fit_within
+
+if TYPE_CHECKING:  # Keras and tf-keras-vis load with the first Explainer, not with the page that shows maps.
+    import keras
 
 CAM_METHODS = ("Grad-CAM", "Grad-CAM++", "Faster-ScoreCAM")
 SALIENCY_METHOD = "SmoothGrad saliency"
@@ -47,6 +45,10 @@ def two_logit_model(model: keras.Model) -> keras.Model:
     Its softmax is exactly ``[1 - p, p]``, so every tf-keras-vis method (Score-CAM
     applies a softmax) can explain either class with a ``CategoricalScore``.
     """
+    import keras
+    from keras import layers
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+
     linear = keras.models.clone_model(model)
     linear.set_weights(model.get_weights())
     ReplaceToLinear()(linear)
@@ -62,6 +64,11 @@ class Explainer:
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
+        from tf_keras_vis.gradcam import Gradcam
+        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+        from tf_keras_vis.saliency import Saliency
+        from tf_keras_vis.scorecam import Scorecam
+
         explain_model = two_logit_model(loaded.model)
         self._visualizers = {
             "Grad-CAM": Gradcam(explain_model, clone=False),
@@ -83,6 +90,8 @@ class Explainer:
                 f"{method!r} is not available for {self.loaded.spec.name}; use one of {methods_for(self.loaded)}."
             )
         seed = self.loaded.spec.model_input(square[None])
+        from tf_keras_vis.utils.scores import CategoricalScore
+
         score = CategoricalScore([target_class])
         visualizer = self._visualizers[method]
         if method == SALIENCY_METHOD:
@@ -121,6 +130,18 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4, colorma
     base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     blended = cv2.addWeighted(colored, opacity, base, 1.0 - opacity, 0.0)
     return cv2.cvtColor(blended, cv2.COLOR_BGR2RGB)
+
+
+def display_pair(
+    gray: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4, colormap: str = "jet"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image as shown on screen (longer side at most 1024 px) and the heatmap blended over it.
+
+    Returns:
+        ``(shown, blended)``: an ``(h, w)`` uint8 grayscale and an ``(h, w, 3)`` uint8 RGB image.
+    """
+    shown = fit_within(gray)
+    return shown, overlay(shown, heatmap, opacity=opacity, colormap=colormap)
 
 
 def colour_bar(colormap: str = "jet", width: int = 480, height: int = 44) -> np.ndarray:

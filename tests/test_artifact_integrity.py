@@ -313,7 +313,7 @@ NO_TENSORFLOW = """
 import sys
 from streamlit.testing.v1 import AppTest
 import pneumo_core.catalog, pneumo_core.figures, pneumo_core.report
-for page in ("pages/compare.py", "pages/cards.py"):
+for page in ("pages/compare.py", "pages/cards.py", "pages/diagnose.py"):  # Diagnose before any image.
     at = AppTest.from_file(page, default_timeout=60).run()
     assert not at.exception, at.exception
     assert not at.error, [error.value for error in at.error]
@@ -324,7 +324,7 @@ sys.exit(1 if loaded else 0)
 
 
 def test_catalog_and_json_pages_import_no_tensorflow(trained_models_dir):
-    """The catalog, figures, report and the Compare and Cards pages never import TensorFlow or Keras."""
+    """Catalog, figures, report, Compare, Cards and the Diagnose page before an image import no TensorFlow."""
     env = {**os.environ, "PNEUMO_MODELS_DIR": str(trained_models_dir), "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", NO_TENSORFLOW], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
