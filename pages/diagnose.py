@@ -56,6 +56,10 @@ st.file_uploader(
     max_upload_size=MAX_UPLOAD_MB,
     on_change=lambda: st.session_state.update(source="upload"),
 )
+st.caption(
+    f":material/info: Files over {MAX_UPLOAD_MB} MB are not accepted: the uploader marks such a file in red and "
+    "it is not read. Export a smaller image (or a single-frame DICOM) from your viewer."
+)
 if samples:
     st.write("…or try a sample X-ray:")
     for column, sample in zip(st.columns(len(samples)), samples, strict=True):
