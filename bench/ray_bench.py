@@ -122,6 +122,29 @@ def _actor_peaks_kb() -> list[tuple[int, int]]:
     return peaks
 
 
+def descendants_rss_mb(root: int) -> float:
+    """Resident memory of every process below ``root`` (Ray's own processes when Ray was started here), in MB."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    below, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    total_kb = 0
+    for pid in below:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total_kb += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return round(total_kb / 1024, 1)
+
+
 def cpu_times() -> tuple[int, int]:
     """(time spent by niced processes, total time) over all CPUs since boot, in clock ticks."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -208,6 +231,8 @@ def run(data: Path, count: int, model: str, out: Path) -> dict:
         started = time.perf_counter()
         with ray_session():
             ray_start = time.perf_counter() - started
+            time.sleep(5)  # let Ray's idle workers settle before weighing them
+            ray_idle_mb = descendants_rss_mb(os.getpid())
             for workers, cpus in RAY_POOLS:
                 runs.append(measure(Engine("ray", workers, cpus), model_dir, paths, work))
         checks = {
@@ -229,6 +254,7 @@ def run(data: Path, count: int, model: str, out: Path) -> dict:
             "keras": keras.__version__,
         },
         "ray_start_seconds": round(ray_start, 2),
+        "ray_idle_rss_mb": ray_idle_mb,
         "runs": runs,
         "ray_matches_in_process": checks,
     }
@@ -241,7 +267,7 @@ def markdown_table(result: dict) -> str:
     lines = [
         f"`{result['model']}` on {result['images']:,} X-rays, {result['machine']['cpus']} CPU cores, "
         f"batches of {result['batch_size']}; starting Ray itself took {result['ray_start_seconds']:.0f} s "
-        "(not included below).",
+        f"(not included below) and {result['ray_idle_rss_mb']:.0f} MB of memory when idle.",
         "",
         "| engine | images/s (whole run) | images/s (after the first batch) | first batch after (s) "
         "| peak memory per process (MB) | load average before | CPU share of niced background jobs |",
