@@ -24,8 +24,10 @@ $(STAMP): requirements.txt
 run: setup
 	$(BIN)/streamlit run serve.py --server.address $(ADDRESS)
 
+# Debian's Chromium (browser tests) and poppler-utils (the PDF report tests read and render the PDF).
 chromium:
-	@[ -x $(CHROMIUM) ] || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@[ -x $(CHROMIUM) ] && [ -x /usr/bin/pdftoppm ] || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils; }
 
 lint: setup
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ import streamlit as st
 
 from pages.common import get_catalog, get_reader, session_memo, shared_result
 from pneumo_core.artifacts import ModelRefused
+from pneumo_core.case_report import render_case_report
 from pneumo_core.catalog import best_model
 from pneumo_core.diagnosis import (
     compare_models,
@@ -157,12 +158,31 @@ st.caption(
     "The heatmap shows which regions most influenced the model's score, computed on the model's "
     "square input and stretched back to the image. It is not an outline of a lesion."
 )
-st.download_button(
+overlay_column, report_column = st.columns(2)
+overlay_column.download_button(
     "Download overlay (PNG)",
     data=png_bytes(blended),
     file_name=f"overlay_{entry.name}_{method.lower().replace(' ', '_')}.png",
     mime="image/png",
     key="download_overlay",
+)
+report_column.download_button(
+    "Download report (PDF)",
+    data=lambda: render_case_report(
+        entry=entry,
+        reading=reading,
+        image=shown,
+        overlay=blended,
+        method=method,
+        explained=class_names[explained],
+        notes=xray.notes,
+        shown_verdict=verdict(reading, facts.band),
+    ),
+    file_name=f"case_report_{entry.name}.pdf",
+    mime="application/pdf",
+    key="download_report",
+    on_click="ignore",
+    help="One page: the image, the heatmap, the reading, the model's version and figures. No patient identifiers.",
 )
 
 # --- Every model on this image --------------------------------------------------------------------

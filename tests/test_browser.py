@@ -140,3 +140,23 @@ def test_dicom_upload_reads_like_the_png_of_its_pixels_and_shows_no_identifiers(
         for value in IDENTIFIERS.values():
             assert value not in text
         assert_no_exception(page)
+
+
+def test_pdf_report_downloads_from_the_diagnose_page(browser, server):
+    """After a reading, "Download report (PDF)" gives a one-page A4 report: the reading, the image, no file name."""
+    from pdf_support import check_case_report, require_poppler
+
+    require_poppler()
+    with app_page(browser, server.url, "diagnose_pdf_report") as page:
+        choose_model(page, "cnn")
+        wait_until_idle(page)
+        upload(page, SAMPLE)
+        wait_for_result(page)
+        reading = page.get_by_test_id("stMetric").filter(has_text="Model's reading")
+        shown = reading.get_by_test_id("stMetricValue").inner_text().strip()
+        with page.expect_download(timeout=RESULT_TIMEOUT_MS) as download:
+            page.get_by_role("button", name="Download report (PDF)").click()
+        data = download.value.path().read_bytes()
+        text = check_case_report(data, model="cnn", label=shown)
+        assert SAMPLE.name not in text and SAMPLE.stem not in text
+        assert_no_exception(page)
