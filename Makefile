@@ -22,7 +22,7 @@ $(STAMP): requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: setup
-	$(BIN)/streamlit run serve.py --server.address $(ADDRESS)
+	$(BIN)/streamlit run app.py --server.address $(ADDRESS)
 
 # Debian's Chromium (browser tests) and poppler-utils (the PDF report tests read and render the PDF).
 chromium:

@@ -2,9 +2,13 @@
 
 Usage:
     streamlit run app.py            # or `make run`; see README, "Deploying for a team"
+
+The recommended model is loaded and warmed in the background when the first page is shown.
 """
 
 import streamlit as st
+
+from pages.common import start_warm_up
 
 st.set_page_config(page_title="Pneumonia X-ray assistant", page_icon="🫁", layout="wide")
 
@@ -24,6 +28,8 @@ if sign_in_required() and not st.user.get("is_logged_in", False):
     st.stop()
 if sign_in_required():
     st.sidebar.button("Sign out", on_click=st.logout, key="sign_out")
+
+start_warm_up()
 
 navigation = st.navigation(
     [

@@ -1,6 +1,6 @@
 """Browser benchmark of the served app: page ready after launch, and ten sessions at once.
 
-Starts ``streamlit run serve.py`` (the ``make run`` entry, with its start-up warm-up) on a free
+Starts ``streamlit run app.py`` (the ``make run`` entry; the first page view starts the model warm-up) on a free
 loopback port with the shipped models, drives Debian's Chromium through Playwright, and writes
 ``bench/load_test.json``:
 
@@ -48,7 +48,7 @@ def main() -> int:
     args = parser.parse_args()
     load_before = os.getloadavg()
     launched = time.perf_counter()
-    with streamlit_server(REPO_ROOT / "models", "bench_load_server.log", script="serve.py") as server:
+    with streamlit_server(REPO_ROOT / "models", "bench_load_server.log", script="app.py") as server:
         ready = page_ready_seconds(server.url, launched)
         time.sleep(5)  # Let the start-up warm-up finish, as it would before a ward's first users.
         runs = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -34,6 +35,29 @@ def get_reader(directory: str) -> Reader:
     from pneumo_core.reading import Reader
 
     return Reader(load_model_dir(Path(directory)))
+
+
+def _warm_up() -> None:
+    """Load the recommended model into the shared cache and run it once on a sample (first call traced)."""
+    from pneumo_core.catalog import best_model
+    from pneumo_core.diagnosis import list_samples
+    from pneumo_core.imaging import read_xray_file
+
+    best, samples = best_model(get_catalog()), list_samples()
+    if best is not None and samples:
+        get_reader(str(best.directory)).read(read_xray_file(samples[0].path))
+
+
+@st.cache_resource(show_spinner=False)
+def start_warm_up() -> threading.Thread:
+    """Warm the recommended model in the background, once per server, as soon as the first page is shown.
+
+    The page renders meanwhile (it needs no TensorFlow until an image is read), so the first reading does
+    not pay for importing TensorFlow, loading the model and tracing its first call.
+    """
+    thread = threading.Thread(target=_warm_up, name="warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def session_memo(slot: str, key: Hashable, compute: Callable[[], T]) -> T:

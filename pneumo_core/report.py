@@ -95,7 +95,7 @@ def load_table(load: dict) -> list[str]:
     header = ("model", "sessions at once", "lost", "reading p50", "reading p95", "heatmap p50", "heatmap p95")
     return [
         f"Browser load test (`bench/load_test.py`): the page is ready {load['page_ready_after_launch_s']:.1f} s "
-        f"after `streamlit run serve.py` starts; server peak RSS {load['server_peak_rss_mb']:.0f} MB. Each session "
+        f"after `streamlit run app.py` starts; server peak RSS {load['server_peak_rss_mb']:.0f} MB. Each session "
         "switches model and uploads at once; seconds from upload:",
         "",
         *_table((*header, "page load p95"), rows),

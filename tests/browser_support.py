@@ -94,7 +94,7 @@ def _healthy(url: str) -> bool:
 
 @contextmanager
 def streamlit_server(models_dir: Path, log_name: str, script: str = "app.py") -> Iterator[StreamlitServer]:
-    """Run the app (``script``: ``app.py``, or ``serve.py`` with its warm-up) on a free port until the block exits.
+    """Run the app (``script``, ``app.py`` by default) on a free port until the block exits.
 
     The models come from ``PNEUMO_MODELS_DIR=models_dir``.
     Stdout and stderr go to ``tests/artifacts/<log_name>``. The server is stopped (terminate,

@@ -42,6 +42,7 @@ async def _one_session(browser, url: str, image: Path, model: str, timeout_ms: i
         figures["lost"] = False
     except Exception as error:  # A timeout is the measured outcome here, not a crash of the driver.
         figures["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        figures["page_text"] = (await page.locator("body").inner_text())[-600:]
     finally:
         await context.close()
     return figures
@@ -98,4 +99,5 @@ def run_load(url: str, image: Path, sessions: int, model: str, server_pid: int, 
         "heatmap": _percentiles([r["heatmap_s"] for r in results if "heatmap_s" in r]),
         "server_peak_rss_mb": round(peak_rss_mb(server_pid), 1),
         "errors": [r["error"] for r in results if "error" in r],
+        "texts": [r["page_text"] for r in results if "page_text" in r],
     }
