@@ -63,8 +63,8 @@ def start_warm_up() -> threading.Thread:
 def session_memo(slot: str, key: Hashable, compute: Callable[[], T]) -> T:
     """The value last computed for ``key`` in this browser session, recomputed only when ``key`` changes.
 
-    Widget changes rerun the page; this keeps them from redoing the decode, the prediction or the
-    heatmap. One value per slot is kept, in memory only.
+    Widget changes rerun the page; this keeps them from reading the image file again. One value per
+    slot is kept, in memory only.
     """
     stored = st.session_state.get(slot)
     if stored is None or stored[0] != key:

@@ -80,7 +80,7 @@ else:
 
 try:
     digest = hashlib.sha256(image_bytes).hexdigest()
-    xray = session_memo("decoded", digest, lambda: read_xray(image_bytes, image_name))
+    xray = session_memo("xray", digest, lambda: read_xray(image_bytes, image_name))
 except ImageRejected as error:
     st.error(f"Cannot use this file. {error}")
     st.stop()

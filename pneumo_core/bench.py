@@ -1,7 +1,7 @@
 """Latency benchmark of the shipped models on the sample images.
 
-Measures, per model, the median and 95th-percentile latency of decode + preprocess +
-predict, the same with the heatmap overlay added, one image at a time against a batch of 16
+Measures, per model, the median and 95th-percentile latency of a reading from bytes
+(``read_xray`` then ``Reader.read``), the same with the heatmap overlay added, one image at a time against a batch of 16
 (the per-call overhead), and a fresh process's cold start split by phase (TensorFlow import,
 project import, model load, first prediction). Writes JSON; ``python -m pneumo_core report``
 turns it into the README table. The browser figures (page ready after launch, ten sessions at
