@@ -30,6 +30,7 @@ from pneumo_core.reading import Reader
 
 pytestmark = pytest.mark.browser
 
+GAUGE_READY_JS = "() => { const plot = document.querySelector('.js-plotly-plot'); return !!(plot && plot.data); }"
 GAUGE_JS = (
     "() => { const gauge = document.querySelector('.js-plotly-plot').data[0];"
     " return [gauge.value, gauge.gauge.threshold.value]; }"
@@ -115,6 +116,7 @@ def test_label_and_gauge_agree_next_to_the_threshold(browser, tiny_server, train
         upload(page, path)
         page.get_by_test_id("stMetric").first.wait_for(timeout=RESULT_TIMEOUT_MS)
         wait_until_idle(page)
+        page.wait_for_function(GAUGE_READY_JS, timeout=RESULT_TIMEOUT_MS)  # Plotly draws after the run ends.
         value, threshold = page.evaluate(GAUGE_JS)
         text = page.get_by_test_id("stMarkdown").filter(has_text="operating threshold").inner_text()
     assert (value >= threshold) is above
