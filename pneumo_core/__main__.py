@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--params", type=Path, help="hyper-parameters: a tuning.json (its best trial) or a JSON object of values"
     )
     train.add_argument("--no-gate", action="store_true", help="do not fit the out-of-distribution gate afterwards")
+    train.add_argument(
+        "--augment", choices=("basic", "robust"), default="basic", help="augmentation policy (pneumo_core.augment)"
+    )
+    train.add_argument("--augment-strength", type=float, default=1.0, help="scales every augmentation range")
+    train.add_argument("--fine-tune-from", help="first layer to fine-tune (transfer models); default from the registry")
+    train.add_argument("--fine-tune-learning-rate", type=float, help="fine-tuning learning rate (transfer models)")
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model on a folder of images")
     evaluate.add_argument("--model", required=True, choices=model_names())
@@ -152,13 +158,15 @@ def run_train(args) -> int:
         fine_tune_epochs=args.fine_tune_epochs if args.fine_tune_epochs is not None else defaults.fine_tune_epochs,
         batch_size=args.batch_size or defaults.batch_size,
         learning_rate=defaults.learning_rate,
-        fine_tune_learning_rate=defaults.fine_tune_learning_rate,
-        fine_tune_from=defaults.fine_tune_from,
+        fine_tune_learning_rate=args.fine_tune_learning_rate or defaults.fine_tune_learning_rate,
+        fine_tune_from=args.fine_tune_from or defaults.fine_tune_from,
         backbone_weights=args.backbone_weights or ("imagenet" if spec.uses_backbone_weights else None),
         split_file=str(args.split_file),
         seed=args.seed,
         patience=args.patience,
         run_dir=str(args.run_dir),
+        augment_strength=args.augment_strength,
+        augment=args.augment,
     )
     if args.params is not None:
         resolved = with_params_file(resolved, spec, args.params)

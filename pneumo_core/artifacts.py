@@ -113,6 +113,7 @@ class TrainArgs:
     patience: int
     run_dir: str
     augment_strength: float = 1.0
+    augment: str = "basic"  # augmentation policy (pneumo_core.augment)
     model_params: dict[str, int | float] = field(default_factory=dict)  # builder keywords (tuned values)
     params_file: str | None = None  # the tuning.json the hyper-parameters came from
 

@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 
 from pneumo_core import artifacts, data
 from pneumo_core.artifacts import TrainArgs
+from pneumo_core.augment import AUGMENT_POLICIES, augment_squares, keras_augmenter, robust_augmenter
 from pneumo_core.gate_figures import fit_gate_dir
 from pneumo_core.metrics import MIN_SENSITIVITY, THRESHOLD_RULE, choose_threshold, compute_metrics
 from pneumo_core.models import OUTPUT_LAYER
@@ -77,22 +78,6 @@ def with_params_file(args: TrainArgs, spec: ModelSpec, path: Path) -> TrainArgs:
     return replace(with_params(args, spec, read_params(path)), params_file=str(path))
 
 
-def augmenter(seed: int, strength: float = 1.0) -> keras.Sequential:
-    """Train-time augmentation on 0-255 grayscale: small rotations, shifts, zoom,
-    brightness and contrast, each range scaled by ``strength``. No flips: chest anatomy
-    is not symmetric."""
-    return keras.Sequential(
-        [
-            layers.RandomRotation(0.03 * strength, fill_mode="constant", seed=seed),
-            layers.RandomTranslation(0.06 * strength, 0.06 * strength, fill_mode="constant", seed=seed + 1),
-            layers.RandomZoom((-0.15 * strength, 0.1 * strength), fill_mode="constant", seed=seed + 2),
-            layers.RandomBrightness(0.15 * strength, value_range=(0, 255), seed=seed + 3),
-            layers.RandomContrast(0.3 * strength, value_range=(0, 255), seed=seed + 4),
-        ],
-        name="augment",
-    )
-
-
 def make_dataset(
     squares: np.ndarray,
     targets: np.ndarray,
@@ -100,22 +85,43 @@ def make_dataset(
     batch_size: int,
     augment_seed: int | None,
     augment_strength: float = 1.0,
+    augment_policy: str = "basic",
 ) -> tf.data.Dataset:
     """Batched tf.data pipeline with caching and prefetch; shuffles when ``augment_seed`` is set
-    and then also augments, unless ``augment_strength`` is 0."""
+    and then also augments with ``augment_policy`` (see :mod:`pneumo_core.augment`), unless
+    ``augment_strength`` is 0."""
+    if augment_policy not in AUGMENT_POLICIES:
+        raise ValueError(
+            f"Unknown augmentation policy {augment_policy!r}; choose one of {', '.join(AUGMENT_POLICIES)}."
+        )
     images = tf.data.Dataset.from_tensor_slices((squares[..., None], targets.astype("float32")))
     images = images.cache()
     if augment_seed is not None:
         images = images.shuffle(len(squares), seed=augment_seed, reshuffle_each_iteration=True)
     images = images.batch(batch_size)
     if augment_seed is not None and augment_strength > 0:
-        augment = augmenter(augment_seed, augment_strength)
         images = images.map(
-            lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+            augmentation(augment_policy, spec.input_size, augment_seed, augment_strength),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
     return images.map(lambda x, y: (spec.preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )
+
+
+def augmentation(policy: str, size: int, seed: int, strength: float):
+    """The tf.data map function of an augmentation policy, on batches of uint8 squares."""
+    if policy == "basic":
+        augment = keras_augmenter(seed, strength)
+        return lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y)
+    robust = robust_augmenter(size, seed, strength)
+
+    def augment_batch(x, y):
+        out = tf.numpy_function(lambda batch: augment_squares(robust, batch), [x], tf.uint8, stateful=True)
+        out.set_shape(x.shape)
+        return out, y
+
+    return augment_batch
 
 
 def class_weights(targets: np.ndarray) -> dict[int, float]:
@@ -209,7 +215,13 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
         One row per epoch with the Keras metrics and the phase name.
     """
     train_ds = make_dataset(
-        squares["train"], targets["train"], spec, args.batch_size, args.seed, augment_strength=args.augment_strength
+        squares["train"],
+        targets["train"],
+        spec,
+        args.batch_size,
+        args.seed,
+        augment_strength=args.augment_strength,
+        augment_policy=args.augment,
     )
     val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None)
     run_dir = Path(args.run_dir) / spec.name

@@ -1,0 +1,135 @@
+"""Train-time augmentation policies, applied to the squashed 0-255 grayscale squares of the training split.
+
+Two policies:
+
+- ``basic``: small rotations, shifts, zoom, brightness and contrast (Keras preprocessing layers).
+- ``robust``: the families a model must not lean on (albumentations), so that framing and exposure
+  stop telling the classes apart: anisotropic scale (aspect jitter) with padding in black or with
+  replicated edges and cropping, small rotations, gamma, contrast, CLAHE and equalisation, blur,
+  noise, downscale-upscale, JPEG re-compression and burned-in text markers.
+
+A square is the decoded X-ray squashed to the model's input size, so padding or cropping the
+original image before the squash is, on the square, a scale of the content about its centre with the
+border filled: the affine transform below covers both, independently per axis.
+
+No flips: chest anatomy is not symmetric.
+
+Usage:
+    augment = robust_augmenter(size=160, seed=42)
+    batch = augment_squares(augment, squares)   # (n, size, size) uint8 -> same shape, augmented
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+AUGMENT_POLICIES = ("basic", "robust")
+MARKER_TEXTS = ("L", "R", "AP", "PA", "PORTABLE", "SUPINE", "ERECT")
+
+
+def keras_augmenter(seed: int, strength: float = 1.0):
+    """The ``basic`` policy: rotations, shifts, zoom, brightness and contrast, each range scaled by ``strength``."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomRotation(0.03 * strength, fill_mode="constant", seed=seed),
+            layers.RandomTranslation(0.06 * strength, 0.06 * strength, fill_mode="constant", seed=seed + 1),
+            layers.RandomZoom((-0.15 * strength, 0.1 * strength), fill_mode="constant", seed=seed + 2),
+            layers.RandomBrightness(0.15 * strength, value_range=(0, 255), seed=seed + 3),
+            layers.RandomContrast(0.3 * strength, value_range=(0, 255), seed=seed + 4),
+        ],
+        name="augment",
+    )
+
+
+def burned_in_marker(probability: float):
+    """An albumentations transform that writes a short white label (a side marker or a word) into a
+    random corner, as scanners and technicians do; seeded by the pipeline like every other transform."""
+    import albumentations as A
+
+    class BurnedInMarker(A.ImageOnlyTransform):
+        def get_params(self) -> dict:
+            return {
+                "text": self.py_random.choice(MARKER_TEXTS),
+                "scale": self.py_random.uniform(0.6, 1.4),
+                "left": self.py_random.random() < 0.5,
+                "top": self.py_random.random() < 0.5,
+            }
+
+        def apply(self, img: np.ndarray, text: str, scale: float, left: bool, top: bool, **_: object) -> np.ndarray:
+            size = img.shape[0]
+            font_scale = size / 320 * scale
+            thickness = max(1, round(size / 160))
+            (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+            margin = max(2, size // 40)
+            x = margin if left else max(margin, img.shape[1] - width - margin)
+            y = height + margin if top else size - margin
+            marked = img.copy()
+            cv2.putText(marked, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, 255, thickness, cv2.LINE_AA)
+            return marked
+
+    return BurnedInMarker(p=probability)
+
+
+def robust_augmenter(size: int, seed: int, strength: float = 1.0):
+    """The ``robust`` policy for ``size`` x ``size`` uint8 squares; ranges and probabilities scale with ``strength``.
+
+    Raises:
+        ValueError: If ``strength`` is not in (0, 2].
+    """
+    if not 0 < strength <= 2:
+        raise ValueError(f"augment strength must be in (0, 2], got {strength}.")
+    import albumentations as A
+
+    s = strength
+
+    def affine(border_mode: int) -> A.Affine:
+        return A.Affine(
+            scale={"x": (1 - 0.28 * s, 1 + 0.3 * s), "y": (1 - 0.25 * s, 1 + 0.25 * s)},
+            keep_ratio=False,
+            translate_percent={"x": (-0.06 * s, 0.06 * s), "y": (-0.06 * s, 0.06 * s)},
+            rotate=(-6 * s, 6 * s),
+            border_mode=border_mode,
+            fill=0,
+            p=1.0,
+        )
+
+    return A.Compose(
+        [
+            A.OneOf([affine(cv2.BORDER_CONSTANT), affine(cv2.BORDER_REPLICATE)], p=min(1.0, 0.85 * s)),
+            A.OneOf(
+                [
+                    A.RandomGamma(gamma_limit=(round(100 - 40 * s), round(100 + 60 * s))),
+                    A.RandomBrightnessContrast(brightness_limit=0.15 * s, contrast_limit=0.35 * s),
+                    A.CLAHE(clip_limit=(1, 4)),
+                    A.Equalize(),
+                ],
+                p=min(1.0, 0.7 * s),
+            ),
+            A.OneOf(
+                [
+                    A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.3, 1.5)),
+                    A.GaussNoise(std_range=(0.01, 0.05)),
+                    A.Downscale(
+                        scale_range=(0.25, 0.7),
+                        interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
+                    ),
+                    A.ImageCompression(quality_range=(20, 90)),
+                ],
+                p=min(1.0, 0.4 * s),
+            ),
+            burned_in_marker(min(1.0, 0.2 * s)),
+            A.Resize(size, size),
+        ],
+        seed=seed,
+    )
+
+
+def augment_squares(augment, squares: np.ndarray) -> np.ndarray:
+    """Apply an albumentations pipeline to each ``(n, size, size[, 1])`` uint8 square; same shape out."""
+    images = squares[..., 0] if squares.ndim == 4 else squares
+    out = np.stack([augment(image=np.ascontiguousarray(image))["image"] for image in images])
+    return out.reshape(squares.shape).astype(np.uint8)

@@ -1,0 +1,69 @@
+"""Train-time augmentation policies on tiny synthetic squares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pneumo_core.augment import augment_squares, burned_in_marker, robust_augmenter
+from pneumo_core.registry import get_spec
+from pneumo_core.train import make_dataset
+
+SIZE = 48
+
+
+def chest_like_squares(n: int = 6) -> np.ndarray:
+    """Bright body with two darker 'lungs' on black, a little noise: enough structure to see a change."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    body = (((yy - 24) / 22) ** 2 + ((xx - 24) / 18) ** 2 < 1) * 180.0
+    lungs = ((((yy - 22) / 12) ** 2 + ((np.abs(xx - 24) - 8) / 5) ** 2) < 1) * -90.0
+    base = body + lungs
+    return np.clip(base[None] + rng.normal(0, 8, (n, SIZE, SIZE)), 0, 255).astype(np.uint8)
+
+
+def test_robust_policy_keeps_shape_and_type_and_changes_images():
+    squares = chest_like_squares()
+    out = augment_squares(robust_augmenter(SIZE, seed=1), squares[..., None])
+    assert out.shape == (6, SIZE, SIZE, 1) and out.dtype == np.uint8
+    changed = [not np.array_equal(a, b) for a, b in zip(out[..., 0], squares, strict=True)]
+    assert sum(changed) >= 4
+
+
+def test_robust_policy_is_reproducible_with_a_seed():
+    squares = chest_like_squares()
+    first = augment_squares(robust_augmenter(SIZE, seed=7), squares)
+    second = augment_squares(robust_augmenter(SIZE, seed=7), squares)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_burned_in_marker_writes_white_text_in_a_corner_only():
+    square = np.full((160, 160), 60, np.uint8)
+    marked = burned_in_marker(1.0)(image=square)["image"]
+    changed = np.argwhere(marked != square)
+    assert len(changed) > 0 and marked.max() > 200
+    rows, cols = changed[:, 0], changed[:, 1]
+    in_top_or_bottom = rows.max() < 80 or rows.min() >= 80
+    in_left_or_right = cols.max() < 80 or cols.min() >= 80
+    assert in_top_or_bottom and in_left_or_right
+
+
+def test_strength_outside_its_range_is_refused():
+    with pytest.raises(ValueError, match="strength"):
+        robust_augmenter(SIZE, seed=0, strength=3.0)
+
+
+def test_training_dataset_with_the_robust_policy_gives_model_input():
+    spec = get_spec("cnn")
+    squares = np.stack([np.resize(chest_like_squares(1)[0], (spec.input_size, spec.input_size))] * 4)
+    dataset = make_dataset(squares, np.array([0, 1, 0, 1]), spec, 2, augment_seed=3, augment_policy="robust")
+    x, y = next(iter(dataset))
+    assert tuple(x.shape) == (2, spec.input_size, spec.input_size, 1) and tuple(y.shape) == (2,)
+    assert 0.0 <= float(np.min(x)) and float(np.max(x)) <= 1.0
+
+
+def test_an_unknown_policy_is_refused_with_the_choices():
+    spec = get_spec("cnn")
+    squares = np.zeros((2, spec.input_size, spec.input_size), np.uint8)
+    with pytest.raises(ValueError, match="basic, robust"):
+        make_dataset(squares, np.array([0, 1]), spec, 2, augment_seed=0, augment_policy="strong")
