@@ -12,10 +12,12 @@ from pneumo_core.figures import (
     confusion_figure,
     formatted,
     history_figure,
+    robustness_heatmap,
     roc_figure,
     subtype_table,
 )
 from pneumo_core.gate_figures import gate_table
+from pneumo_core.robustness import METRICS_SHOWN, criteria_table, read_all, worst_cases_sentence
 from pneumo_core.tuning_figures import parallel_coordinates_figure, read_tuning, tuning_caption, tuning_table
 
 st.title("Compare models")
@@ -72,6 +74,33 @@ else:
         "validation X-rays through. Negative images (photos, textures, documents, CT, MR and ultrasound "
         "frames, synthetic shapes) were never used to fit it; they only test it. Perturbed: the internal test "
         "X-rays mildly rotated, cropped, re-exposed or re-compressed."
+    )
+
+st.subheader("Robustness to framing and exposure")
+robust, not_measured, unreadable = read_all({entry.name: entry.directory for entry in shipped})
+for problem in unreadable.values():
+    st.warning(problem)
+if not_measured:
+    st.caption(
+        "Not measured: " + ", ".join(f"`{name}`" for name in not_measured) + " (`python -m pneumo_core robustness`)."
+    )
+if robust:
+    st.markdown(
+        "The same internal test X-rays read again after changing their framing (padding, cropping), aspect, "
+        "exposure (gamma, contrast, histogram equalisation), resolution (downscaling, blur, noise, JPEG), rotation, "
+        "or burning a marker into a corner. A **flip** is an X-ray whose answer at the model's threshold changes."
+    )
+    shown_metric = st.radio(
+        "Show", list(METRICS_SHOWN), format_func=METRICS_SHOWN.get, horizontal=True, key="robustness_metric"
+    )
+    st.plotly_chart(robustness_heatmap(robust, shown_metric), key="robustness_heatmap")
+    for name, result in robust.items():
+        st.markdown(worst_cases_sentence(name, result))
+    st.dataframe(criteria_table(robust), key="robustness_criteria")
+    st.caption(
+        "Targets (issue 8): framing ±10 % and gamma 0.7 to 1.4 each change at most 3 % of answers and move "
+        "specificity by at most 0.03; ROC AUC at least 0.99; ECE under shift (the mean expected calibration "
+        "error over all perturbations) at most 0.05. In brackets: the perturbation that gave the value."
     )
 
 st.subheader("Training curves")

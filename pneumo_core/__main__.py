@@ -11,6 +11,7 @@ Usage:
     python -m pneumo_core report   [--readme README.md]
     python -m pneumo_core tune     --model NAME --data DIR [--max-trials N] [--budget-minutes M] [--proxy-size PX]
     python -m pneumo_core fit-gate --model NAME --data DIR [--models-dir models/] [--split-file FILE] [--no-figures]
+    python -m pneumo_core robustness --model NAME [--data DIR] [--split-file F] [--out FILE] [--limit N]
 """
 
 from __future__ import annotations
@@ -117,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     gate.add_argument("--split-file", type=Path, default=data.DEFAULT_SPLIT_FILE)
     gate.add_argument("--no-figures", action="store_true", help="skip measuring the test, perturbed and negative sets")
+
+    robustness = commands.add_parser(
+        "robustness",
+        help="readings under framing, exposure and other perturbations; writes models/<name>/robustness.json",
+    )
+    robustness.add_argument("--model", required=True, choices=model_names())
+    robustness.add_argument("--data", type=Path, default=data.DEFAULT_DATA_ROOT)
+    robustness.add_argument("--split-file", type=Path, default=data.DEFAULT_SPLIT_FILE)
+    robustness.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    robustness.add_argument(
+        "--out", type=Path, help="write here (needed unless measuring the whole internal test split)"
+    )
+    robustness.add_argument("--limit", type=_positive_int, help="measure a random subset of this many images")
 
     report = commands.add_parser(
         "report", help="regenerate the model cards and README tables from metrics.json and bench.json"
@@ -330,6 +344,27 @@ def run_fit_gate(args) -> int:
     return 0
 
 
+def run_robustness(args) -> int:
+    from pneumo_core import robustness
+    from pneumo_core.artifacts import read_model_dir
+
+    directory = _shipped_dir(args.model, args.models_dir)
+    trained_on = read_model_dir(directory).config.data.split_hash
+    selection = robustness.select_images(args.data, args.split_file, trained_on, args.limit)
+    target = robustness.destination(directory, selection, args.out)  # Refuse before loading the model.
+    loaded = _load(args.model, args.models_dir)
+    print(f"{args.model}: {len(selection.paths)} images ({selection.source.description})", file=sys.stderr)
+    result = robustness.measure(loaded, selection, progress=lambda line: print(line, file=sys.stderr))
+    for line in robustness.progress_lines(result):
+        print(line, file=sys.stderr)
+    robustness.save_robustness(result, target, loaded.directory)
+    print(robustness.worst_cases_sentence(args.model, result).replace("`", ""))
+    for criterion in result.summary.criteria:
+        print(f"{robustness.criterion_label(criterion)}: {robustness.criterion_text(criterion)}")
+    print(f"wrote {target} ({result.seconds:.0f} s)")
+    return 0
+
+
 COMMANDS = {
     "split": run_split,
     "train": run_train,
@@ -340,6 +375,7 @@ COMMANDS = {
     "report": run_report,
     "tune": run_tune,
     "fit-gate": run_fit_gate,
+    "robustness": run_robustness,
 }
 
 if __name__ == "__main__":

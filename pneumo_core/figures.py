@@ -7,12 +7,18 @@ Usage:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from pneumo_core.catalog import ModelEntry
+
+if TYPE_CHECKING:
+    from pneumo_core.robustness import RobustnessResult
 
 TABLE_COLUMNS = {
     "accuracy": "Accuracy",
@@ -165,3 +171,33 @@ def subtype_table(entries: list[ModelEntry]) -> pd.DataFrame:
             f"{subtype} sensitivity (n={values.n})": values.sensitivity for subtype, values in by_subtype.items()
         }
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def robustness_heatmap(results: Mapping[str, RobustnessResult], metric: str = "flip_rate") -> go.Figure:
+    """Models x perturbations heatmap of the flip rate (``flip_rate``) or the change of specificity
+    (``specificity_change``) from each model's ``robustness.json`` (see :mod:`pneumo_core.robustness`)."""
+    from pneumo_core.robustness import METRICS_SHOWN, heatmap_values
+
+    values = heatmap_values(results, metric)
+    flips = metric == "flip_rate"
+    text = values.map(lambda value: "" if pd.isna(value) else f"{value:.0%}" if flips else f"{value:+.2f}")
+    colours = {"colorscale": "Reds", "zmin": 0.0} if flips else {"colorscale": "RdBu", "zmid": 0.0}
+    figure = go.Figure(
+        go.Heatmap(
+            z=values.to_numpy(),
+            x=list(values.columns),
+            y=list(values.index),
+            text=text.to_numpy(),
+            texttemplate="%{text}",
+            hovertemplate="%{y}, %{x}: %{text}<extra></extra>",
+            colorbar={"title": METRICS_SHOWN[metric], "tickformat": ".0%" if flips else "+.2f"},
+            **colours,
+        )
+    )
+    figure.update_layout(
+        height=160 + 45 * len(values.index),
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        xaxis={"tickangle": -60},
+        yaxis={"autorange": "reversed"},
+    )
+    return figure

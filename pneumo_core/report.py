@@ -2,8 +2,8 @@
 
 :func:`render_card` writes a model card from a model's :class:`~pneumo_core.artifacts.ModelConfig` and
 :class:`~pneumo_core.artifacts.ModelMetrics`. The README tables sit between ``<!-- metrics:start -->``/
-``<!-- metrics:end -->`` and ``<!-- bench:start -->``/``<!-- bench:end -->`` markers; nothing in them is
-typed by hand.
+``<!-- metrics:end -->``, ``<!-- bench:start -->``/``<!-- bench:end -->`` and ``<!-- robustness:start -->``/
+``<!-- robustness:end -->`` markers; nothing in them is typed by hand.
 
 Usage:
     python -m pneumo_core report --readme README.md
@@ -102,6 +102,50 @@ def load_table(load: dict) -> list[str]:
     ]
 
 
+ROBUSTNESS_HEADER = ("model", "images", "ROC AUC", "most flips", "largest specificity change")
+ROBUSTNESS_HEADER += ("framing ±10 %: flips / specificity", "gamma 0.7-1.4: flips / specificity", "ECE under shift")
+ROBUSTNESS_HEADER += ("targets met",)
+
+
+def robustness_table(models_dir: Path) -> str:
+    """Markdown table of every shipped model's ``robustness.json`` (internal test split); "not measured" without one."""
+    from pneumo_core.robustness import read_robustness
+
+    rows = []
+    for name, directory in shipped_model_dirs(models_dir).items():
+        result = read_robustness(directory)
+        if result is None:
+            rows.append([f"`{name}`", "not measured", *[""] * (len(ROBUSTNESS_HEADER) - 2)])
+            continue
+        summary = result.summary
+        flips, specificity = summary.worst_by_flip_rate[:1], summary.worst_by_specificity_change[:1]
+        rows.append(
+            [
+                f"`{name}`",
+                str(result.n),
+                _fmt(result.unperturbed.roc_auc),
+                "; ".join(f"{case.perturbation} ({case.value:.1%})" for case in flips) or "n/a",
+                "; ".join(f"{case.perturbation} ({case.value:+.3f})" for case in specificity) or "n/a",
+                _criteria_pair(summary, "framing ±10 %"),
+                _criteria_pair(summary, "gamma 0.7 to 1.4"),
+                _fmt(summary.ece_under_shift),
+                f"{sum(criterion.passed for criterion in summary.criteria)} of {len(summary.criteria)}",
+            ]
+        )
+    return "\n".join(_table(ROBUSTNESS_HEADER, rows))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _criteria_pair(summary, group: str) -> str:
+    """``"2.1% / 0.013"``: the largest flip rate and |specificity change| of a criteria group."""
+    criteria = {criterion.name: criterion for criterion in summary.criteria}
+    flip, moved = criteria[f"{group}: flip rate"], criteria[f"{group}: |specificity change|"]
+    return f"{_pct(flip.measured)} / {_fmt(moved.measured)}"
+
+
 def replace_block(text: str, marker: str, body: str) -> str:
     """Replace the text between ``<!-- marker:start -->`` and ``<!-- marker:end -->``."""
     pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.DOTALL)
@@ -117,6 +161,7 @@ def update_readme(readme: Path, models_dir: Path) -> None:
     text = readme.read_text()
     text = replace_block(text, "metrics", metrics_table(models_dir))
     text = replace_block(text, "bench", bench_table())
+    text = replace_block(text, "robustness", robustness_table(models_dir))
     readme.write_text(text)
     print(f"updated {readme}")
 
@@ -180,8 +225,10 @@ Calibration: {calibration.method}, p = sigmoid({calibration.scale:.4f} z + {cali
 
 
 def card_sections(directory: Path) -> list[str]:
-    """The optional model-card sections of a verified model directory: its gate, its hyper-parameter search."""
+    """The optional model-card sections of a verified model directory: its gate, its hyper-parameter search,
+    its robustness to framing and exposure."""
     from pneumo_core.gate import read_gate_settings
+    from pneumo_core.robustness import card_markdown, read_robustness
     from pneumo_core.tuning_figures import read_tuning, tuning_markdown
 
     sections = []
@@ -200,6 +247,9 @@ def card_sections(directory: Path) -> list[str]:
     tuning = read_tuning(directory)
     if tuning is not None:
         sections.append(tuning_markdown(tuning))
+    robustness = read_robustness(directory)
+    if robustness is not None:
+        sections.append(card_markdown(robustness))
     return sections
 
 
