@@ -18,6 +18,12 @@ from pneumo_core.figures import (
 )
 from pneumo_core.gate_figures import gate_table
 from pneumo_core.robustness import METRICS_SHOWN, criteria_table, read_all, worst_cases_sentence
+from pneumo_core.subtype_figures import (
+    subtype_head_table,
+    subtype_heads,
+    subtype_roc_figure,
+    three_class_confusion_figure,
+)
 from pneumo_core.tuning_figures import parallel_coordinates_figure, read_tuning, tuning_caption, tuning_table
 
 st.title("Compare models")
@@ -60,6 +66,25 @@ st.caption("Crosses mark each model's operating point (its threshold).")
 
 st.subheader("Sensitivity by pneumonia subtype")
 st.dataframe(formatted(subtype_table(shipped)), key="subtype_table")
+
+# --- Bacterial or viral (subtype.json, written by `python -m pneumo_core fit-subtype`) -----------------
+try:
+    heads = subtype_heads(shipped)
+except ValueError as error:
+    st.warning(str(error))
+    heads = {}
+if heads:
+    st.subheader("Bacterial or viral: normal / bacterial / viral on the internal test split")
+    for column, (name, settings) in zip(st.columns(len(heads)), heads.items(), strict=True):
+        column.plotly_chart(three_class_confusion_figure(name, settings), key=f"subtype_confusion_{name}")
+    st.plotly_chart(subtype_roc_figure(heads), key="subtype_roc")
+    st.dataframe(formatted(subtype_head_table(heads)), key="subtype_figures_table")
+    st.caption(
+        "A second head on each model's frozen features gives P(bacterial | pneumonia); the binary reading and "
+        "its threshold are unchanged. Predicted class: NORMAL below the threshold, else the more likely subtype. "
+        "ROC: the pneumonia images alone. Named: outside the uncertain band. Radiographs alone separate the two "
+        "subtypes poorly."
+    )
 
 st.subheader("When the models refuse to answer")
 gates = gate_table(models_dir())

@@ -23,6 +23,7 @@ from pneumo_core.diagnosis import (
 )
 from pneumo_core.gradcam import COLORMAPS, colour_bar, display_pair, methods_for
 from pneumo_core.imaging import MAX_UPLOAD_MB, ImageRejected, png_bytes, read_xray
+from pneumo_core.subtype import EXPLAIN_TITLES, subtype_caveat, subtype_summary
 
 st.title("Pneumonia check on a chest X-ray")
 
@@ -124,6 +125,10 @@ probability_column.metric("Probability of pneumonia", percent(reading.probabilit
 threshold_column.metric("Operating threshold", percent(reading.threshold))
 gauge_column.plotly_chart(gauge_figure(reading, facts.band), key="gauge", config={"displayModeBar": False})
 st.markdown(explain_probability(reading, facts))
+if reading.subtype is not None:
+    with st.container(border=True, key="subtype_block"):
+        st.markdown(subtype_summary(reading.subtype))
+        st.caption(subtype_caveat(reader.subtype.settings))
 
 # --- Heatmap ------------------------------------------------------------------------------------
 st.subheader("Where the model looked")
@@ -133,13 +138,20 @@ method = settings[0].selectbox("Method", methods, key=f"method_{len(methods)}")
 colormap = settings[1].selectbox("Colormap", list(COLORMAPS), key="colormap")
 opacity = settings[2].slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
 class_names = reader.loaded.spec.class_names
+targets = [1, 0] + (list(EXPLAIN_TITLES) if reader.subtype is not None else [])
+
+
+def target_title(target: int | str) -> str:
+    return class_names[target] if isinstance(target, int) else EXPLAIN_TITLES[target]
+
+
 explained = settings[3].radio(
     "Explain the evidence for",
-    [1, 0],
+    targets,
     index=0 if reading.target_class == 1 else 1,
-    format_func=lambda index: class_names[index],
+    format_func=target_title,
     horizontal=True,
-    key="explain_class",
+    key="explain_class" if reader.subtype is None else "explain_class_subtype",
 )
 
 
@@ -152,7 +164,7 @@ heatmap = shared_result(
 shown, blended = display_pair(xray.gray, heatmap, opacity=opacity, colormap=colormap)
 left, right = st.columns(2)
 left.image(shown, caption="Original", width="stretch")
-right.image(blended, caption=f"{method} for {class_names[explained]}", width="stretch")
+right.image(blended, caption=f"{method} for {target_title(explained)}", width="stretch")
 right.image(colour_bar(colormap), caption="Heatmap colour scale", width="stretch")
 st.caption(
     "The heatmap shows which regions most influenced the model's score, computed on the model's "
@@ -174,7 +186,7 @@ report_column.download_button(
         image=shown,
         overlay=blended,
         method=method,
-        explained=class_names[explained],
+        explained=target_title(explained),
         notes=xray.notes,
         shown_verdict=verdict(reading, facts.band),
     ),

@@ -11,6 +11,7 @@ Usage:
     python -m pneumo_core report   [--readme README.md]
     python -m pneumo_core tune     --model NAME --data DIR [--max-trials N] [--budget-minutes M] [--proxy-size PX]
     python -m pneumo_core fit-gate --model NAME --data DIR [--models-dir models/] [--split-file FILE] [--no-figures]
+    python -m pneumo_core fit-subtype --model NAME --data DIR [--models-dir models/] [--split-file FILE]
     python -m pneumo_core robustness --model NAME [--data DIR] [--split-file F] [--out FILE] [--limit N]
 """
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--params", type=Path, help="hyper-parameters: a tuning.json (its best trial) or a JSON object of values"
     )
     train.add_argument("--no-gate", action="store_true", help="do not fit the out-of-distribution gate afterwards")
+    train.add_argument("--no-subtype", action="store_true", help="do not fit the bacterial/viral head afterwards")
     train.add_argument(
         "--augment", choices=("basic", "robust"), default="basic", help="augmentation policy (pneumo_core.augment)"
     )
@@ -118,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     gate.add_argument("--split-file", type=Path, default=data.DEFAULT_SPLIT_FILE)
     gate.add_argument("--no-figures", action="store_true", help="skip measuring the test, perturbed and negative sets")
+
+    subtype = commands.add_parser(
+        "fit-subtype", help="fit the bacterial-vs-viral head on a trained model's frozen features and measure it"
+    )
+    subtype.add_argument("--model", required=True, choices=model_names())
+    subtype.add_argument("--data", type=Path, default=data.DEFAULT_DATA_ROOT)
+    subtype.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    subtype.add_argument("--split-file", type=Path, default=data.DEFAULT_SPLIT_FILE)
 
     robustness = commands.add_parser(
         "robustness",
@@ -184,7 +194,7 @@ def run_train(args) -> int:
     )
     if args.params is not None:
         resolved = with_params_file(resolved, spec, args.params)
-    print(f"wrote {train(spec, resolved, fit_gate=not args.no_gate)}")
+    print(f"wrote {train(spec, resolved, fit_gate=not args.no_gate, fit_subtype=not args.no_subtype)}")
     return 0
 
 
@@ -256,12 +266,13 @@ def run_predict(args) -> int:
             item = row.to_row()
             refused += not row.reading.accepted
             if out is not None:
+                flat = item | row.reading.subtype_fields(flat=True)
                 if writer is None:
-                    writer = csv.DictWriter(out, fieldnames=list(item))
+                    writer = csv.DictWriter(out, fieldnames=list(flat))
                     writer.writeheader()
-                writer.writerow(item)
+                writer.writerow(flat)
             if args.json:
-                bar.write(json.dumps(item))
+                bar.write(json.dumps(item | row.reading.subtype_fields()))
             elif out is None:
                 bar.write(_predict_line(row))
     bar.close()
@@ -274,7 +285,10 @@ def _predict_line(row) -> str:
     reading = row.reading
     if not reading.accepted:
         return f"{row.name}: refused: {reading.reason}"
-    return f"{row.name}: {reading.label} (p(pneumonia) = {reading.probability:.3f}, threshold {reading.threshold:.3f})"
+    line = f"{row.name}: {reading.label} (p(pneumonia) = {reading.probability:.3f}, threshold {reading.threshold:.3f})"
+    if reading.subtype is not None:
+        line += f"; subtype {reading.subtype.call} (p(bacterial | pneumonia) = {reading.subtype.bacteria:.3f})"
+    return line
 
 
 def run_batch(args) -> int:
@@ -365,6 +379,14 @@ def run_robustness(args) -> int:
     return 0
 
 
+def run_fit_subtype(args) -> int:
+    from pneumo_core.subtype import describe, fit_subtype_dir
+
+    params = fit_subtype_dir(args.models_dir / args.model, args.data, args.split_file)
+    print(f"wrote the subtype head of {args.model}: {describe(params.settings)}")
+    return 0
+
+
 COMMANDS = {
     "split": run_split,
     "train": run_train,
@@ -375,6 +397,7 @@ COMMANDS = {
     "report": run_report,
     "tune": run_tune,
     "fit-gate": run_fit_gate,
+    "fit-subtype": run_fit_subtype,
     "robustness": run_robustness,
 }
 

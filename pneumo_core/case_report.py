@@ -93,7 +93,7 @@ def render_case_report(
     shown_verdict = shown_verdict or reading.label
     _headline(pdf, reading, shown_verdict)
     _section(pdf, "Reading")
-    _rows(pdf, _reading_rows(reading, shown_verdict, method, explained, notes))
+    _rows(pdf, _reading_rows(reading, shown_verdict, method, explained, notes) + _subtype_rows(entry, reading))
     _section(pdf, "Model")
     _rows(pdf, _model_rows(entry))
     _section(pdf, "Intended use")
@@ -161,6 +161,16 @@ def _reading_rows(
     if notes:
         rows.append(("Image conversion", " ".join(notes)))
     return rows
+
+
+def _subtype_rows(entry: ModelEntry, reading: Reading) -> list[tuple[str, str]]:
+    """One row with the bacterial-vs-viral reading, when the reading has one."""
+    if reading.subtype is None:
+        return []
+    from pneumo_core.subtype import read_subtype_settings, subtype_line
+
+    settings = read_subtype_settings(entry.directory)
+    return [] if settings is None else [("Bacterial or viral", subtype_line(reading.subtype, settings))]
 
 
 def _gate_text(reading: Reading) -> str:

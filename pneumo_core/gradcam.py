@@ -6,11 +6,13 @@ original image's aspect ratio. It shows where the model looked, not a lesion out
 Usage:
     explainer = Explainer(loaded)                 # build once per model
     heat = explainer.heatmap(square, "Grad-CAM", target_class=1)
+    why = Explainer(loaded, load_subtype(loaded)).heatmap(square, "Grad-CAM", "bacteria")  # a subtype logit
     rgb = overlay(gray, heat, opacity=0.4, colormap="jet")
 """
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import cv2
@@ -21,6 +23,8 @@ from pneumo_core.imaging import fit_within
 
 if TYPE_CHECKING:  # Keras and tf-keras-vis load with the first Explainer, not with the page that shows maps.
     import keras
+
+    from pneumo_core.subtype import SubtypeHead
 
 CAM_METHODS = ("Grad-CAM", "Grad-CAM++", "Faster-ScoreCAM")
 SALIENCY_METHOD = "SmoothGrad saliency"
@@ -59,41 +63,68 @@ def two_logit_model(model: keras.Model) -> keras.Model:
     return keras.Model(linear.inputs, pair, name=f"{model.name}_explain")
 
 
+def _visualizers(explain_model: keras.Model) -> dict:
+    """Every heatmap method of tf-keras-vis on a model whose output is two logits."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.saliency import Saliency
+    from tf_keras_vis.scorecam import Scorecam
+
+    return {
+        "Grad-CAM": Gradcam(explain_model, clone=False),
+        "Grad-CAM++": GradcamPlusPlus(explain_model, clone=False),
+        "Faster-ScoreCAM": Scorecam(explain_model, clone=False),
+        SALIENCY_METHOD: Saliency(explain_model, clone=False),
+    }
+
+
 class Explainer:
-    """Heatmap methods for one loaded model, built once and reused for every image."""
+    """Heatmap methods for one loaded model, built once and reused for every image.
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    With a subtype head (:mod:`pneumo_core.subtype`), the methods can also explain its logit: why
+    bacterial, why viral. Those visualizers are built on the first such request.
+    """
+
+    def __init__(self, loaded: LoadedModel, subtype: SubtypeHead | None = None) -> None:
         self.loaded = loaded
-        from tf_keras_vis.gradcam import Gradcam
-        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-        from tf_keras_vis.saliency import Saliency
-        from tf_keras_vis.scorecam import Scorecam
+        self.subtype = subtype
+        self._visualizers = _visualizers(two_logit_model(loaded.model))
+        self._subtype_visualizers = None
+        self._subtype_lock = threading.Lock()
 
-        explain_model = two_logit_model(loaded.model)
-        self._visualizers = {
-            "Grad-CAM": Gradcam(explain_model, clone=False),
-            "Grad-CAM++": GradcamPlusPlus(explain_model, clone=False),
-            "Faster-ScoreCAM": Scorecam(explain_model, clone=False),
-            SALIENCY_METHOD: Saliency(explain_model, clone=False),
-        }
+    def _visualizers_for(self, target_class: int | str) -> tuple[dict, int]:
+        """The visualizers and the output index that explain ``target_class``."""
+        if target_class in (0, 1):
+            return self._visualizers, int(target_class)
+        from pneumo_core.subtype import EXPLAIN_TARGETS
 
-    def heatmap(self, square: np.ndarray, method: str, target_class: int) -> np.ndarray:
+        if self.subtype is None or target_class not in EXPLAIN_TARGETS:
+            known = "0, 1" + (", " + ", ".join(EXPLAIN_TARGETS) if self.subtype is not None else "")
+            raise ValueError(f"Cannot explain {target_class!r} with {self.loaded.spec.name}; use one of {known}.")
+        with self._subtype_lock:
+            if self._subtype_visualizers is None:
+                self._subtype_visualizers = _visualizers(self.subtype.explain_model())
+        return self._subtype_visualizers, EXPLAIN_TARGETS[target_class]
+
+    def heatmap(self, square: np.ndarray, method: str, target_class: int | str) -> np.ndarray:
         """A ``(size, size)`` map in [0, 1] of the evidence for ``target_class``.
 
         Args:
             square: One ``(size, size)`` uint8 square from :func:`resize_square`.
             method: One of :func:`methods_for`.
-            target_class: 1 explains PNEUMONIA, 0 explains NORMAL.
+            target_class: 1 explains PNEUMONIA, 0 explains NORMAL; with a subtype head, ``"bacteria"`` or
+                ``"virus"`` explains that subtype's side of the subtype logit.
         """
         if method not in methods_for(self.loaded):
             raise ValueError(
                 f"{method!r} is not available for {self.loaded.spec.name}; use one of {methods_for(self.loaded)}."
             )
+        visualizers, index = self._visualizers_for(target_class)
         seed = self.loaded.spec.model_input(square[None])
         from tf_keras_vis.utils.scores import CategoricalScore
 
-        score = CategoricalScore([target_class])
-        visualizer = self._visualizers[method]
+        score = CategoricalScore([index])
+        visualizer = visualizers[method]
         if method == SALIENCY_METHOD:
             cam = visualizer(score, seed, smooth_samples=16, smooth_noise=0.1)
         else:

@@ -15,6 +15,7 @@ Usage:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import numpy as np
 from pneumo_core.artifacts import LoadedModel
 from pneumo_core.gate import Verdict, load_gate
 from pneumo_core.imaging import ImageRejected, XRay, read_xray, read_xray_file
+from pneumo_core.subtype import SubtypeReading, load_subtype
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -44,6 +46,7 @@ class Reading:
     reason: str | None = None
     ood_score: float | None = None
     caution: bool = False  # accepted, but close to the gate's refusal limit: an unusual image
+    subtype: SubtypeReading | None = None  # bacterial or viral: accepted pneumonia readings of a model with a head
 
     @property
     def target_class(self) -> int:
@@ -63,6 +66,21 @@ class Reading:
             "threshold": round(self.threshold, 6),
         }
 
+    def subtype_fields(self, flat: bool = False) -> dict:
+        """``subtype`` (``"bacteria"``, ``"virus"``, ``"uncertain"`` or None) and its calibrated probabilities.
+
+        Both are None unless the reading is an accepted PNEUMONIA of a model with a subtype head. The
+        probabilities are given pneumonia: ``{"bacteria": q, "virus": 1 - q}`` under ``subtype_probabilities``,
+        or, with ``flat`` (CSV), as ``subtype_probability_bacteria`` and ``subtype_probability_virus``.
+        """
+        probabilities = None if self.subtype is None else self.subtype.probabilities()
+        if flat:
+            return {
+                "subtype": None if self.subtype is None else self.subtype.call,
+                **{f"subtype_probability_{name}": (probabilities or {}).get(name) for name in ("bacteria", "virus")},
+            }
+        return {"subtype": None if self.subtype is None else self.subtype.call, "subtype_probabilities": probabilities}
+
 
 class Reader:
     """Reads X-rays with one loaded model. Read-only after construction: share it across sessions and threads."""
@@ -70,6 +88,8 @@ class Reader:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.gate = load_gate(loaded)  # None for a model directory without gate files
+        gate_layer = None if self.gate is None else self.gate.settings.feature_layer
+        self.subtype = load_subtype(loaded, gate_layer)  # None for a model directory without a subtype head
         self._explainer = None
         self._explainer_lock = threading.Lock()
 
@@ -95,6 +115,8 @@ class Reader:
         if not xrays:
             return []
         squares = np.stack([self.loaded.square(xray.gray) for xray in xrays])
+        if self.subtype is not None:
+            return self._read_with_subtype(xrays, squares, reveal_refused)
         if self.gate is None:
             return [self._accepted(float(probability)) for probability in self.loaded.predict_squares(squares)]
         probabilities, features = self.gate.forward(squares)
@@ -103,6 +125,25 @@ class Reader:
             self._gated(float(probability), verdict, reveal_refused)
             for probability, verdict in zip(probabilities, verdicts, strict=True)
         ]
+
+    def _read_with_subtype(self, xrays: Sequence[XRay], squares: np.ndarray, reveal_refused: bool) -> list[Reading]:
+        """:meth:`read_many` for a model with a subtype head: p, q and the gate's features from one pass."""
+        probabilities, bacteria, features = self.subtype.forward(squares)
+        if self.gate is None:
+            readings = [self._accepted(float(probability)) for probability in probabilities]
+        else:
+            verdicts = self.gate.judge([xray.gray for xray in xrays], features)
+            readings = [
+                self._gated(float(probability), verdict, reveal_refused)
+                for probability, verdict in zip(probabilities, verdicts, strict=True)
+            ]
+        return [self._with_subtype(reading, float(q)) for reading, q in zip(readings, bacteria, strict=True)]
+
+    def _with_subtype(self, reading: Reading, bacteria: float) -> Reading:
+        """The reading with its subtype when it is an accepted PNEUMONIA; others are left without one."""
+        if not reading.accepted or reading.probability is None or reading.target_class != 1:
+            return reading
+        return dataclasses.replace(reading, subtype=self.subtype.reading(bacteria))
 
     def _gated(self, probability: float, verdict: Verdict, reveal_refused: bool) -> Reading:
         shown = verdict.accepted or reveal_refused
@@ -125,8 +166,9 @@ class Reader:
             label=self.loaded.label(probability),
         )
 
-    def heatmap(self, xray: XRay, method: str, target_class: int) -> np.ndarray:
-        """A square map in [0, 1] of the evidence for ``target_class`` (see :mod:`pneumo_core.gradcam`)."""
+    def heatmap(self, xray: XRay, method: str, target_class: int | str) -> np.ndarray:
+        """A square map in [0, 1] of the evidence for ``target_class`` (see :mod:`pneumo_core.gradcam`):
+        1 PNEUMONIA, 0 NORMAL, or ``"bacteria"`` / ``"virus"`` for a model with a subtype head."""
         return self.explainer.heatmap(self.loaded.square(xray.gray), method, target_class)
 
     @property
@@ -136,7 +178,7 @@ class Reader:
             if self._explainer is None:
                 from pneumo_core.gradcam import Explainer
 
-                self._explainer = Explainer(self.loaded)
+                self._explainer = Explainer(self.loaded, self.subtype)
             return self._explainer
 
 

@@ -226,9 +226,11 @@ Calibration: {calibration.method}, p = sigmoid({calibration.scale:.4f} z + {cali
 
 def card_sections(directory: Path) -> list[str]:
     """The optional model-card sections of a verified model directory: its gate, its hyper-parameter search,
-    its robustness to framing and exposure."""
+    its robustness to framing and exposure, its bacterial-vs-viral head."""
     from pneumo_core.gate import read_gate_settings
     from pneumo_core.robustness import card_markdown, read_robustness
+    from pneumo_core.subtype import read_subtype_settings
+    from pneumo_core.subtype_figures import subtype_markdown
     from pneumo_core.tuning_figures import read_tuning, tuning_markdown
 
     sections = []
@@ -250,6 +252,9 @@ def card_sections(directory: Path) -> list[str]:
     robustness = read_robustness(directory)
     if robustness is not None:
         sections.append(card_markdown(robustness))
+    subtype = read_subtype_settings(directory)
+    if subtype is not None:
+        sections.append(subtype_markdown(subtype))
     return sections
 
 

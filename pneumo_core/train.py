@@ -252,12 +252,14 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
     return history
 
 
-def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True) -> Path:
+def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: bool = True) -> Path:
     """Train ``spec`` and write its complete artifact directory.
 
     With ``fit_gate``, the out-of-distribution gate is then fitted on the same training split and
     measured (see :func:`pneumo_core.gate_figures.fit_gate_dir`), so a retrained model never keeps
-    the gate of the model it replaces.
+    the gate of the model it replaces. With ``fit_subtype``, the bacterial-vs-viral head is then fitted
+    on the new model's frozen features (see :func:`pneumo_core.subtype.fit_subtype_dir`); a split with
+    too few bacterial or viral images leaves the model without one (logged as a warning).
 
     Returns:
         The model directory ``<out>/<name>``.
@@ -288,6 +290,13 @@ def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True) -> Path:
     out_dir = write_artifacts(spec, args, model, metrics, history, calibration, frames, time.time() - started)
     if fit_gate:
         fit_gate_dir(out_dir, Path(args.data), Path(args.split_file))
+    if fit_subtype:
+        from pneumo_core.subtype import NotEnoughSubtypes, fit_subtype_dir
+
+        try:
+            fit_subtype_dir(out_dir, Path(args.data), Path(args.split_file))
+        except NotEnoughSubtypes as error:
+            LOGGER.warning("No subtype head for %s: %s", spec.name, error)
     return out_dir
 
 
