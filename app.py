@@ -8,8 +8,9 @@ The recommended model is loaded and warmed in the background when the first page
 
 import streamlit as st
 
-from pages.common import start_warm_up
+from pages.common import keep_upload_replies_across_reruns, start_warm_up
 
+keep_upload_replies_across_reruns()
 st.set_page_config(page_title="Pneumonia X-ray assistant", page_icon="🫁", layout="wide")
 
 
