@@ -268,10 +268,14 @@ def subtype_caveat(settings: SubtypeSettings) -> str:
         f"on the {where}'s {figures.n} pneumonia images this head separated bacterial from viral with ROC AUC "
         f"{_fmt(figures.roc_auc)} and accuracy {_fmt(figures.accuracy, percent=True)}"
     )
+    counts = settings.fitted_on.val_by_subtype
+    bacterial_share = counts.get(SUBTYPES[0], 0) / max(sum(counts.values()), 1)
     return (
         "Radiographs alone separate bacterial from viral pneumonia poorly: "
-        f"{measured}. The probabilities are calibrated on validation images given pneumonia; "
-        "treat the subtype as a hint, to be weighed with the clinical picture and laboratory findings."
+        f"{measured}. The probabilities are given pneumonia, checked for calibration on validation images "
+        f"(expected calibration error {_fmt(figures.ece)} on the {where}) where {bacterial_share:.0%} of pneumonia "
+        "cases were bacterial; where viral pneumonia is more common, the same image is more likely viral. "
+        "Treat the subtype as a hint, to be weighed with the clinical picture and laboratory findings."
     )
 
 
@@ -280,8 +284,8 @@ def subtype_line(subtype: SubtypeReading, settings: SubtypeSettings) -> str:
     figures = settings.test.pneumonia if settings.test is not None else settings.validation.pneumonia
     call = {"bacteria": "more likely bacterial", "virus": "more likely viral"}.get(subtype.call, "uncertain")
     return (
-        f"{call}: bacterial {_percent(subtype.bacteria)}, viral {_percent(subtype.virus)} given pneumonia "
-        f"(calibrated). Radiographs alone separate the two poorly (ROC AUC {_fmt(figures.roc_auc)} on "
+        f"{call}: bacterial {_percent(subtype.bacteria)}, viral {_percent(subtype.virus)} given pneumonia. "
+        f"Radiographs alone separate the two poorly (ROC AUC {_fmt(figures.roc_auc)} on "
         f"{figures.n} pneumonia images)."
     )
 
