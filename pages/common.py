@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -13,9 +14,11 @@ from pneumo_core.catalog import ModelEntry, catalog, models_dir
 from pneumo_core.serving import RESULTS, WORK_QUEUE
 
 if TYPE_CHECKING:  # TensorFlow is imported only by the pages that run a model.
-    from pneumo_core.reading import Reader
+    from pneumo_core.imaging import XRay
+    from pneumo_core.reading import Reader, Reading
 
 T = TypeVar("T")
+_LOGGER = logging.getLogger(__name__)
 
 
 def keep_upload_replies_across_reruns() -> None:
@@ -70,22 +73,38 @@ def get_reader(directory: str) -> Reader:
 
 
 def _warm_up() -> None:
-    """Load the recommended model into the shared cache and run it once on a sample (first call traced)."""
+    """Load every shipped model into the shared cache, the recommended one first, and run each once on a sample.
+
+    Each model reads the sample and computes its default heatmap through the work queue (so a user who
+    arrives meanwhile waits their turn rather than sharing the cores with it): TensorFlow is imported, the
+    models deserialised and their first calls traced before anyone needs them. A model that fails here is
+    logged and left for the page, which shows the reason.
+    """
     from pneumo_core.catalog import best_model
     from pneumo_core.diagnosis import list_samples
+    from pneumo_core.gradcam import methods_for
     from pneumo_core.imaging import read_xray_file
 
-    best, samples = best_model(get_catalog()), list_samples()
-    if best is not None and samples:
-        get_reader(str(best.directory)).read(read_xray_file(samples[0].path))
+    entries = [entry for entry in get_catalog() if entry.shipped]
+    samples = list_samples()
+    if not entries or not samples:
+        return
+    best = best_model(entries)
+    xray = read_xray_file(samples[0].path)
+    for entry in sorted(entries, key=lambda candidate: candidate is not best):
+        try:
+            reader = get_reader(str(entry.directory))
+            WORK_QUEUE.run(lambda r=reader: (r.read(xray), r.heatmap(xray, methods_for(r.loaded)[0], 1)))
+        except Exception as error:  # The page shows a refused model's reason; the warm-up must not stop.
+            _LOGGER.warning("Warm-up of the %s model failed: %s", entry.name, error)
 
 
 @st.cache_resource(show_spinner=False)
 def start_warm_up() -> threading.Thread:
-    """Warm the recommended model in the background, once per server, as soon as the first page is shown.
+    """Warm the shipped models in the background, once per server, as soon as the first page is shown.
 
-    The page renders meanwhile (it needs no TensorFlow until an image is read), so the first reading does
-    not pay for importing TensorFlow, loading the model and tracing its first call.
+    The page renders meanwhile (it needs no TensorFlow until an image is read), so no reading pays for
+    importing TensorFlow, loading a model or tracing its first call.
     """
     thread = threading.Thread(target=_warm_up, name="warm-up", daemon=True)
     thread.start()
@@ -106,21 +125,56 @@ def session_memo(slot: str, key: Hashable, compute: Callable[[], T]) -> T:
 
 
 def shared_result(key: Hashable, compute: Callable[[], T], doing: str) -> T:
-    """A heavy result (reading, heatmap) shared by every session, computed through the work queue.
+    """A heavy result (heatmap, comparison) shared by every session, computed through the work queue.
 
     While other sessions' work runs first, the page says how many requests are ahead instead of
-    showing a frozen spinner. Results live in memory only, keyed by the image's hash.
+    showing a frozen spinner. A request for work already queued by another session waits for it.
+    Results live in memory only, keyed by the image's hash.
     """
     cached = RESULTS.get(key)
     if cached is not None:
         return cached
+    value = _queued(doing, lambda tell_position: WORK_QUEUE.run(compute, on_wait=tell_position, key=key))
+    RESULTS.put(key, value)
+    return value
+
+
+def shared_reading(reader: Reader, xray: XRay, reveal_refused: bool = False) -> Reading:
+    """The model's reading of ``xray``, shared by every session like :func:`shared_result`.
+
+    Readings by the same model that wait in the queue together run as one batched forward pass
+    (``Reader.read_many``), so ten sessions uploading at once cost about one batch, not ten calls.
+    """
+    kind = "revealed" if reveal_refused else "reading"
+
+    def key(image: XRay) -> tuple:
+        return (kind, image.digest, reader.loaded.spec.name)
+
+    def read_many(images: list[XRay]) -> list[Reading]:
+        readings = reader.read_many(images, reveal_refused=reveal_refused)
+        for image, reading in zip(images, readings, strict=True):
+            RESULTS.put(key(image), reading)  # Also for callers whose page reran meanwhile.
+        return readings
+
+    cached = RESULTS.get(key(xray))
+    if cached is not None:
+        return cached
+    return _queued(
+        "Reading the image…",
+        lambda tell_position: WORK_QUEUE.run_batched(
+            (kind, id(reader)), xray, read_many, on_wait=tell_position, key=key(xray)
+        ),
+    )
+
+
+def _queued(doing: str, submit: Callable[[Callable[[int], None]], T]) -> T:
+    """Run ``submit(tell_position)`` under a spinner, showing the queue position while it waits."""
     status = st.empty()
 
     def tell_position(ahead: int) -> None:
         status.info(f":material/hourglass_top: Waiting for the model: {ahead} request(s) ahead of yours.")
 
     with st.spinner(doing):
-        value = WORK_QUEUE.run(compute, on_wait=tell_position)
+        value = submit(tell_position)
     status.empty()
-    RESULTS.put(key, value)
     return value

@@ -6,7 +6,7 @@ import hashlib
 
 import streamlit as st
 
-from pages.common import get_catalog, get_reader, session_memo, shared_result
+from pages.common import get_catalog, get_reader, session_memo, shared_reading, shared_result
 from pneumo_core.artifacts import ModelRefused
 from pneumo_core.case_report import render_case_report
 from pneumo_core.catalog import best_model
@@ -96,7 +96,7 @@ try:
 except ModelRefused as error:
     st.error(f"The {entry.name} model was refused and cannot be used: {error}")
     st.stop()
-reading = shared_result(("reading", xray.digest, entry.name), lambda: reader.read(xray), "Reading the image…")
+reading = shared_reading(reader, xray)
 st.subheader("Result")
 if not reading.accepted:
     st.error(
@@ -105,9 +105,7 @@ if not reading.accepted:
     )
     if not st.toggle("Show the model's reading anyway", key=f"reveal_{xray.digest[:16]}"):
         st.stop()
-    reading = shared_result(
-        ("revealed", xray.digest, entry.name), lambda: reader.read(xray, reveal_refused=True), "Reading the image…"
-    )
+    reading = shared_reading(reader, xray, reveal_refused=True)
     st.warning(
         ":material/warning: Shown although the image was refused: the model has not learned images like this "
         "one, so its score and heatmap may be meaningless. Do not base any decision on them."

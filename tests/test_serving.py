@@ -99,3 +99,124 @@ def test_shared_cache_evicts_the_least_recently_used():
     cache.put("c", 3)
     assert cache.get("b") is None
     assert (cache.get("a"), cache.get("c"), len(cache)) == (1, 3, 2)
+
+
+def hold_the_only_slot(queue: WorkQueue) -> tuple[threading.Event, threading.Thread]:
+    """Occupy a one-slot queue until the returned event is set, so that callers queue up behind."""
+    release = threading.Event()
+    holder = threading.Thread(target=queue.run, args=(release.wait,))
+    holder.start()
+    time.sleep(0.05)
+    return release, holder
+
+
+def start_callers(targets: list) -> tuple[list[threading.Thread], dict]:
+    """Start one thread per ``(name, callable)``, in order; their return values land in the dict by name."""
+    results, threads = {}, []
+    for name, target in targets:
+        thread = threading.Thread(target=lambda n=name, t=target: results.__setitem__(n, t()))
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.02)
+    return threads, results
+
+
+def test_items_of_one_batch_waiting_together_run_as_one_call():
+    """Three readings by one model queued behind other work run in one call; each caller gets its own result."""
+    queue, calls = WorkQueue(1), []
+
+    def read_many(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return [item * 10 for item in items]
+
+    release, holder = hold_the_only_slot(queue)
+    threads, results = start_callers([(i, lambda i=i: queue.run_batched("cnn", i, read_many)) for i in range(3)])
+    release.set()
+    for thread in [holder, *threads]:
+        thread.join(timeout=5)
+    assert calls == [[0, 1, 2]]
+    assert results == {0: 0, 1: 10, 2: 20}
+
+
+def test_a_batch_holds_at_most_max_batch_items_and_other_batches_stay_apart():
+    """With max_batch=2, three cnn items run as two calls; an xception item never joins a cnn call."""
+    queue, calls = WorkQueue(1, max_batch=2), []
+
+    def read_many(items: list[str]) -> list[str]:
+        calls.append(list(items))
+        return items
+
+    release, holder = hold_the_only_slot(queue)
+    callers = [
+        (f"{model}{i}", lambda m=model, i=i: queue.run_batched(m, f"{m}{i}", read_many))
+        for model, i in [("cnn", 0), ("xception", 0), ("cnn", 1), ("cnn", 2)]
+    ]
+    threads, results = start_callers(callers)
+    release.set()
+    for thread in [holder, *threads]:
+        thread.join(timeout=5)
+    assert calls == [["cnn0", "cnn1"], ["xception0"], ["cnn2"]]
+    assert all(results[name] == name for name, _ in callers)
+
+
+def test_the_same_key_twice_runs_once():
+    """A second request for work already queued under the same key gets that result without running it again."""
+    queue, runs = WorkQueue(1), []
+
+    def heatmap() -> str:
+        runs.append(1)
+        return "map"
+
+    release, holder = hold_the_only_slot(queue)
+    threads, results = start_callers([(i, lambda: queue.run(heatmap, key=("heatmap", "abc"))) for i in range(2)])
+    release.set()
+    for thread in [holder, *threads]:
+        thread.join(timeout=5)
+    assert (len(runs), results) == (1, {0: "map", 1: "map"})
+
+
+def test_a_caller_that_joined_an_abandoned_request_still_gets_its_result():
+    """When the session that queued a key reruns before it ran, a session waiting on the same key runs it."""
+    queue = WorkQueue(1)
+    release, holder = hold_the_only_slot(queue)
+
+    def interrupted(_ahead: int) -> None:
+        time.sleep(0.1)  # Meanwhile the second caller joins this caller's request.
+        raise RuntimeError("rerun requested")
+
+    def first() -> str:
+        try:
+            return queue.run(lambda: "from first", on_wait=interrupted, key="k")
+        except RuntimeError:
+            return "left"
+
+    threads, results = start_callers([("first", first), ("second", lambda: queue.run(lambda: "from second", key="k"))])
+    threads[0].join(timeout=5)
+    release.set()
+    for thread in [holder, *threads]:
+        thread.join(timeout=5)
+    assert results == {"first": "left", "second": "from second"}
+
+
+def test_a_failing_batch_fails_every_caller_and_frees_the_slot():
+    """The batch's exception reaches each of its callers; the queue keeps working."""
+    queue = WorkQueue(1)
+
+    def read_many(_items: list[int]) -> list[int]:
+        raise ValueError("model refused")
+
+    release, holder = hold_the_only_slot(queue)
+
+    def call(i: int) -> str:
+        try:
+            queue.run_batched("cnn", i, read_many)
+        except ValueError as error:
+            return str(error)
+        return "no error"
+
+    threads, results = start_callers([(i, lambda i=i: call(i)) for i in range(2)])
+    release.set()
+    for thread in [holder, *threads]:
+        thread.join(timeout=5)
+    assert results == {0: "model refused", 1: "model refused"}
+    assert queue.run(lambda: 42) == 42
