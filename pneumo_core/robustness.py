@@ -16,10 +16,10 @@ specificity by at most 0.03; ROC AUC >= 0.99; ECE under shift, the mean ECE over
 Images are decoded once and perturbed lazily, one batch at a time, so memory stays bounded by a batch of
 decoded images whatever the number of images and perturbations.
 
-A note on the aspect family: the contract squashes every image to a square, so stretching the whole image's
-width changes the model's input only through interpolation; these rows show that the squash removes the
-image's own aspect ratio. How much of the square the chest fills, and its proportions there, change with the
-framing family (padding and cropping, also along one axis only).
+A note on the aspect family: the contract squashes every image to a square, so stretching the whole image
+would change the model's input only through interpolation. The aspect rows therefore stretch the content
+horizontally within the same frame: the width is resized and then cut back (stretch) or filled out with
+replicated edges (squeeze) to the original width, so the chest's proportions in the square change.
 
 Usage:
     python -m pneumo_core robustness --model cnn --data DIR          # internal test split -> models/cnn/robustness.json
@@ -135,10 +135,19 @@ def crop(gray: np.ndarray, fraction: float, horizontal: bool = True, vertical: b
 
 
 def stretch_width(gray: np.ndarray, factor: float) -> np.ndarray:
-    """Resize the width by ``factor``, keeping the height."""
+    """Stretch the content's width by ``factor`` within the same frame (same output size).
+
+    Above 1 the widened image is cut back to its width (centred); below 1 the narrowed image is
+    filled out to its width with replicated edge pixels.
+    """
     height, width = gray.shape
     interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-    return cv2.resize(gray, (max(1, round(width * factor)), height), interpolation=interpolation)
+    resized = cv2.resize(gray, (max(1, round(width * factor)), height), interpolation=interpolation)
+    extra = resized.shape[1] - width
+    if extra >= 0:
+        return np.ascontiguousarray(resized[:, extra // 2 : extra // 2 + width])
+    left = -extra // 2
+    return cv2.copyMakeBorder(resized, 0, 0, left, -extra - left, cv2.BORDER_REPLICATE)
 
 
 def gamma(gray: np.ndarray, value: float) -> np.ndarray:
@@ -254,7 +263,7 @@ def _framing() -> list[Perturbation]:
 
 def _aspect() -> list[Perturbation]:
     return [
-        _make(f"stretch width x{factor:g}", "aspect", f"width resized x{factor:g}, height kept", stretch_width,
+        _make(f"stretch width x{factor:g}", "aspect", f"content width x{factor:g} in the same frame", stretch_width,
               factor=factor)
         for factor in (0.8, 0.9, 1.1, 1.25)
     ]  # fmt: skip

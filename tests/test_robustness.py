@@ -109,11 +109,14 @@ def test_cropping_shrinks_the_image_to_its_centre():
     assert np.array_equal(PERTURBATIONS["crop 10 % top-bottom"](image), image[12:-12])
 
 
-def test_stretching_resizes_the_width_only():
-    """stretch width x0.8 / x1.25: the width scales, the height stays."""
-    image = synthetic_image()
-    assert PERTURBATIONS["stretch width x0.8"](image).shape == (120, 80)
-    assert PERTURBATIONS["stretch width x1.25"](image).shape == (120, 125)
+def test_stretching_changes_the_content_width_within_the_same_frame():
+    """stretch width x1.25 widens the content and cuts it back; x0.8 narrows it and fills the sides with edges."""
+    image = np.tile(np.arange(100, dtype=np.uint8), (120, 1))  # brightness = column index
+    wider, narrower = PERTURBATIONS["stretch width x1.25"](image), PERTURBATIONS["stretch width x0.8"](image)
+    assert wider.shape == narrower.shape == image.shape
+    assert 8 <= int(wider[0, 0]) <= 12 and 87 <= int(wider[0, -1]) <= 91  # the outer 10 % are cut off
+    assert (narrower[:, :10] == narrower[:, :1]).all() and (narrower[:, -10:] == narrower[:, -1:]).all()
+    assert int(narrower[0, 50]) == pytest.approx(50, abs=2)  # the centre stays in place
 
 
 def test_exposure_moves_brightness_and_contrast_the_right_way():
