@@ -24,6 +24,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -66,7 +67,10 @@ class WorkQueue:
 
     Items of the same *batch* (readings by one model) that wait together run as one call, and a
     request for work already queued or running under the same *key* waits for that work instead of
-    repeating it.
+    repeating it. Jobs run on the queue's own worker threads (one per slot) while their callers wait:
+    TensorFlow's working memory then stays with those threads. Run from every session's own script
+    thread, ten sessions' heatmaps grew the process by over 1 GB (a malloc arena per thread); from one
+    worker, by 0.25 GB.
     """
 
     def __init__(self, slots: int, max_batch: int = 16) -> None:
@@ -82,6 +86,7 @@ class WorkQueue:
         self._running = 0
         self._batches: dict[Hashable, list[_Request]] = {}
         self._in_flight: dict[Hashable, _Request] = {}
+        self._workers = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="model-worker")
 
     def run(self, job: Callable[[], T], on_wait: Callable[[int], None] | None = None, key: Hashable = None) -> T:
         """Run ``job`` when a slot is free and return its result.
@@ -194,7 +199,7 @@ class WorkQueue:
                 request.claimed = True
             self._condition.notify_all()  # Their callers stop waiting for a slot.
         try:
-            values = run_many([request.item for request in requests])
+            values = self._workers.submit(run_many, [request.item for request in requests]).result()
             if len(values) != len(requests):
                 raise ValueError(f"A batch of {len(requests)} items gave {len(values)} results.")
         except BaseException as error:

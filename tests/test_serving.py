@@ -220,3 +220,13 @@ def test_a_failing_batch_fails_every_caller_and_frees_the_slot():
         thread.join(timeout=5)
     assert results == {0: "model refused", 1: "model refused"}
     assert queue.run(lambda: 42) == 42
+
+
+def test_jobs_run_on_the_queues_own_worker_not_in_each_callers_thread():
+    """Jobs from many callers' threads all run on one worker thread per slot (memory stays with it)."""
+    queue, ran_on = WorkQueue(1), set()
+    threads, _ = start_callers([(i, lambda: queue.run(lambda: ran_on.add(threading.get_ident()))) for i in range(5)])
+    for thread in threads:
+        thread.join(timeout=5)
+    assert len(ran_on) == 1
+    assert ran_on.isdisjoint(thread.ident for thread in threads)
