@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import streamlit as st
 
 from pneumo_core.catalog import ModelEntry, catalog, models_dir
-from pneumo_core.serving import RESULTS, WORK_QUEUE
+from pneumo_core.serving import RESULTS, URGENT, WORK_QUEUE
 
 if TYPE_CHECKING:  # TensorFlow is imported only by the pages that run a model.
     from pneumo_core.imaging import XRay
@@ -142,8 +142,9 @@ def shared_result(key: Hashable, compute: Callable[[], T], doing: str) -> T:
 def shared_reading(reader: Reader, xray: XRay, reveal_refused: bool = False) -> Reading:
     """The model's reading of ``xray``, shared by every session like :func:`shared_result`.
 
-    Readings by the same model that wait in the queue together run as one batched forward pass
-    (``Reader.read_many``), so ten sessions uploading at once cost about one batch, not ten calls.
+    Readings go before waiting heatmaps, and readings by the same model that wait together run as one
+    batched forward pass (``Reader.read_many``): ten sessions uploading at once get their readings
+    after about one batch, not after each other's heatmaps.
     """
     kind = "revealed" if reveal_refused else "reading"
 
@@ -162,7 +163,7 @@ def shared_reading(reader: Reader, xray: XRay, reveal_refused: bool = False) -> 
     return _queued(
         "Reading the image…",
         lambda tell_position: WORK_QUEUE.run_batched(
-            (kind, id(reader)), xray, read_many, on_wait=tell_position, key=key(xray)
+            (kind, id(reader)), xray, read_many, on_wait=tell_position, key=key(xray), priority=URGENT
         ),
     )
 

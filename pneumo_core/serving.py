@@ -19,6 +19,7 @@ Usage:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import threading
@@ -30,6 +31,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 POLL_SECONDS = 0.25
+# Lower runs first; the same priority runs first-come, first-served.
+URGENT = 0  # Readings: what a clinician waits for, and cheap (batched).
+NORMAL = 1  # Heatmaps and the rest.
 
 
 def default_slots() -> int:
@@ -63,7 +67,7 @@ class _Request:
 
 
 class WorkQueue:
-    """At most ``slots`` jobs run at once; the rest wait first-come, first-served.
+    """At most ``slots`` jobs run at once; the rest wait first-come, first-served, urgent ones first.
 
     Items of the same *batch* (readings by one model) that wait together run as one call, and a
     request for work already queued or running under the same *key* waits for that work instead of
@@ -82,13 +86,19 @@ class WorkQueue:
         self.max_batch = max_batch
         self._condition = threading.Condition()
         self._tickets = itertools.count()
-        self._waiting: list[int] = []
+        self._waiting: list[tuple[int, int]] = []  # (priority, arrival), sorted.
         self._running = 0
         self._batches: dict[Hashable, list[_Request]] = {}
         self._in_flight: dict[Hashable, _Request] = {}
         self._workers = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="model-worker")
 
-    def run(self, job: Callable[[], T], on_wait: Callable[[int], None] | None = None, key: Hashable = None) -> T:
+    def run(
+        self,
+        job: Callable[[], T],
+        on_wait: Callable[[int], None] | None = None,
+        key: Hashable = None,
+        priority: int = NORMAL,
+    ) -> T:
         """Run ``job`` when a slot is free and return its result.
 
         Args:
@@ -97,8 +107,9 @@ class WorkQueue:
                 number changes while the job waits (not called when a slot is free at once).
             key: When given, a caller asking for a ``key`` that is already queued or running gets
                 that job's result instead of running ``job`` again.
+            priority: :data:`URGENT` jobs go before waiting :data:`NORMAL` ones.
         """
-        return self.run_batched(object(), None, lambda _items: [job()], on_wait=on_wait, key=key)
+        return self.run_batched(object(), None, lambda _items: [job()], on_wait=on_wait, key=key, priority=priority)
 
     def run_batched(
         self,
@@ -107,6 +118,7 @@ class WorkQueue:
         run_many: Callable[[list[Any]], list[T]],
         on_wait: Callable[[int], None] | None = None,
         key: Hashable = None,
+        priority: int = NORMAL,
     ) -> T:
         """Run ``run_many`` on ``item`` together with the items of the same ``batch`` waiting by then.
 
@@ -119,6 +131,7 @@ class WorkQueue:
             run_many: Maps a list of items to the list of their results, in order.
             on_wait: As for :meth:`run`.
             key: As for :meth:`run`.
+            priority: As for :meth:`run`.
         """
         while True:
             with self._condition:
@@ -134,7 +147,7 @@ class WorkQueue:
             except _Abandoned:
                 continue  # Its caller left before it ran: queue it anew.
         try:
-            if self._take_slot(on_wait, leave_when=lambda: request.claimed):
+            if self._take_slot(priority, on_wait, leave_when=lambda: request.claimed):
                 try:
                     self._run_batch(batch, request, run_many)
                 finally:
@@ -143,11 +156,11 @@ class WorkQueue:
         finally:
             self._forget(batch, request, key)
 
-    def _take_slot(self, on_wait: Callable[[int], None] | None, leave_when: Callable[[], bool]) -> bool:
+    def _take_slot(self, priority: int, on_wait: Callable[[int], None] | None, leave_when: Callable[[], bool]) -> bool:
         """Wait for a slot and take it (``True``), or leave the queue once ``leave_when()`` (``False``)."""
         with self._condition:
-            ticket = next(self._tickets)
-            self._waiting.append(ticket)
+            ticket = (priority, next(self._tickets))
+            bisect.insort(self._waiting, ticket)
             try:
                 if not self._wait_for_slot(ticket, on_wait, leave_when):
                     return False
@@ -164,7 +177,7 @@ class WorkQueue:
             self._condition.notify_all()
 
     def _wait_for_slot(
-        self, ticket: int, on_wait: Callable[[int], None] | None, leave_when: Callable[[], bool]
+        self, ticket: tuple[int, int], on_wait: Callable[[int], None] | None, leave_when: Callable[[], bool]
     ) -> bool:
         """Block (holding the condition) until ``ticket`` may start, telling ``on_wait`` the position."""
         last_told = None
@@ -183,7 +196,7 @@ class WorkQueue:
                 self._condition.acquire()
         return True
 
-    def _may_start(self, ticket: int) -> bool:
+    def _may_start(self, ticket: tuple[int, int]) -> bool:
         return self._running < self.slots and self._waiting[0] == ticket
 
     def _run_batch(self, batch: Hashable, own: _Request, run_many: Callable[[list[Any]], list[Any]]) -> None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pneumo_core.serving import SharedCache, WorkQueue
+from pneumo_core.serving import URGENT, SharedCache, WorkQueue
 
 
 def run_in_threads(queue: WorkQueue, jobs: int, seconds: float, positions: dict) -> tuple[list[int], int]:
@@ -230,3 +230,20 @@ def test_jobs_run_on_the_queues_own_worker_not_in_each_callers_thread():
         thread.join(timeout=5)
     assert len(ran_on) == 1
     assert ran_on.isdisjoint(thread.ident for thread in threads)
+
+
+def test_urgent_jobs_go_before_waiting_normal_ones_and_are_told_so():
+    """A reading (urgent) queued after two heatmaps runs before them, and its position counts only the running job."""
+    queue, order, told = WorkQueue(1), [], []
+    release, holder = hold_the_only_slot(queue)
+    callers = [
+        ("heatmap 1", lambda: queue.run(lambda: order.append("heatmap 1"))),
+        ("heatmap 2", lambda: queue.run(lambda: order.append("heatmap 2"))),
+        ("reading", lambda: queue.run(lambda: order.append("reading"), on_wait=told.append, priority=URGENT)),
+    ]
+    threads, _ = start_callers(callers)
+    release.set()
+    for thread in [holder, *threads]:
+        thread.join(timeout=5)
+    assert order == ["reading", "heatmap 1", "heatmap 2"]
+    assert told == [1]
