@@ -3,14 +3,15 @@
 Usage:
     streamlit run app.py            # or `make run`; see README, "Deploying for a team"
 
-The recommended model is loaded and warmed in the background when the first page is shown.
+The shipped models (the recommended one first) are loaded and warmed in the background when the first page
+is shown. Before anything else, the work-around for Streamlit losing uploads under load is installed.
 """
 
 import streamlit as st
 
 from pages.common import keep_upload_replies_across_reruns, start_warm_up
 
-keep_upload_replies_across_reruns()
+keep_upload_replies_across_reruns()  # Process-wide and idempotent; see its docstring.
 st.set_page_config(page_title="Pneumonia X-ray assistant", page_icon="🫁", layout="wide")
 
 

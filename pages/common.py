@@ -63,13 +63,28 @@ def get_catalog() -> list[ModelEntry]:
     return _catalog(str(models_dir()))
 
 
-@st.cache_resource(show_spinner="Loading the model (once per server)…")
-def get_reader(directory: str) -> Reader:
-    """A trained model, loaded and checksum-verified once per process, with its heatmaps; use read-only."""
+_LOADED: set[str] = set()  # Model folders whose reader is in the shared cache.
+
+
+@st.cache_resource(show_spinner=False)
+def _load_reader(directory: str) -> Reader:
     from pneumo_core.artifacts import load_model_dir
     from pneumo_core.reading import Reader
 
-    return Reader(load_model_dir(Path(directory)))
+    reader = Reader(load_model_dir(Path(directory)))
+    _LOADED.add(directory)
+    return reader
+
+
+def get_reader(directory: str) -> Reader:
+    """A trained model, loaded and checksum-verified once per process, with its heatmaps; use read-only.
+
+    A page that has to wait for the model to load (or for the warm-up loading it) says so.
+    """
+    if directory in _LOADED:
+        return _load_reader(directory)
+    with st.spinner("Loading the model (once per server)…"):
+        return _load_reader(directory)
 
 
 def _warm_up() -> None:
@@ -93,7 +108,7 @@ def _warm_up() -> None:
     xray = read_xray_file(samples[0].path)
     for entry in sorted(entries, key=lambda candidate: candidate is not best):
         try:
-            reader = get_reader(str(entry.directory))
+            reader = _load_reader(str(entry.directory))  # No page to show a spinner on.
             WORK_QUEUE.run(lambda r=reader: (r.read(xray), r.heatmap(xray, methods_for(r.loaded)[0], 1)))
         except Exception as error:  # The page shows a refused model's reason; the warm-up must not stop.
             _LOGGER.warning("Warm-up of the %s model failed: %s", entry.name, error)
