@@ -8,7 +8,8 @@ loopback port with the shipped models, drives Debian's Chromium through Playwrig
 - ``warm_up_after_page_ready_s``: until the server is idle, its warm-up of the shipped models done;
 - for cnn and xception, ten sessions that each switch to the model and upload their own copy of a sample at
   once: reading and heatmap latency p50/p95 (from upload), lost uploads (the upload vanished), slow sessions
-  (no result within the time limit, upload still in place), websocket reconnects, and the server's peak RSS.
+  (no result within the time limit, upload still in place), websocket reconnects, the server's peak RSS, and
+  the CPU the server and the whole machine used during the wave (the browsers share the server's cores).
 
 Usage:
     .venv/bin/python bench/load_test.py [--sessions 10] [--out bench/load_test.json]
@@ -68,6 +69,31 @@ def wait_until_idle(pid: int, quiet_s: float = 3.0, limit_s: float = 300.0) -> f
     return time.perf_counter() - started
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent not idle since boot (Linux ``/proc/stat``)."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_wave(url: str, model: str, sessions: int, pid: int) -> dict:
+    """One wave of ``sessions`` at once, with the CPU the server and the whole machine used meanwhile.
+
+    The browsers run on the same cores as the server, so ``server_cpu_share`` (the server's CPU seconds
+    over all the CPU seconds the machine used during the wave) says how much of the machine the app got.
+    """
+    server_before, machine_before, started = cpu_seconds(pid), machine_busy_seconds(), time.perf_counter()
+    figures = run_load(url, SAMPLE, sessions=sessions, model=model, server_pid=pid)
+    server, machine = cpu_seconds(pid) - server_before, machine_busy_seconds() - machine_before
+    figures["cpu"] = {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "server_cpu_s": round(server, 1),
+        "machine_busy_cpu_s": round(machine, 1),
+        "server_cpu_share": round(server / machine, 2) if machine else None,
+    }
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=10)
@@ -79,8 +105,7 @@ def main() -> int:
         ready = page_ready_seconds(server.url, launched)
         warm_up = wait_until_idle(server.process.pid)
         runs = {
-            model: run_load(server.url, SAMPLE, sessions=args.sessions, model=model, server_pid=server.process.pid)
-            for model in ("cnn", "xception")
+            model: measured_wave(server.url, model, args.sessions, server.process.pid) for model in ("cnn", "xception")
         }
         peak = peak_rss_mb(server.process.pid)
     report = {

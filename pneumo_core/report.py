@@ -88,18 +88,33 @@ def load_table(load: dict) -> list[str]:
     rows = []
     for model, run in load["sessions"].items():
         rows.append(
-            [f"`{model}`", str(run["sessions"]), str(run["lost"])]
-            + [f"{run[kind][key]:.1f}" for kind in ("reading", "heatmap") for key in ("p50_s", "p95_s")]
-            + [f"{run['page_load']['p95_s']:.1f}"]
+            [f"`{model}`", str(run["sessions"]), str(run["lost"]), str(run.get("slow", 0))]
+            + [_delivered_and_shown(run, kind, key) for kind in ("reading", "heatmap") for key in ("p50_s", "p95_s")]
+            + [f"{run['page_load']['p95_s']:.1f}", _cpu_share(run)]
         )
-    header = ("model", "sessions at once", "lost", "reading p50", "reading p95", "heatmap p50", "heatmap p95")
+    header = ("model", "sessions at once", "lost", "slow", "reading p50", "reading p95", "heatmap p50", "heatmap p95")
+    machine = load.get("machine", {})
+    busy = machine.get("load_average_before")
     return [
         f"Browser load test (`bench/load_test.py`): the page is ready {load['page_ready_after_launch_s']:.1f} s "
         f"after `streamlit run app.py` starts; server peak RSS {load['server_peak_rss_mb']:.0f} MB. Each session "
-        "switches model and uploads at once; seconds from upload:",
+        "switches model and uploads its own image at once; seconds from upload, as delivered to the browser / as "
+        "shown by it (the ten browsers run on the server's own cores)"
+        + (f"; {machine.get('cpus')} cores, load average {busy[0]:.1f} before the run:" if busy else ":"),
         "",
-        *_table((*header, "page load p95"), rows),
+        *_table((*header, "page load p95", "server's share of the CPU used"), rows),
     ]
+
+
+def _cpu_share(run: dict) -> str:
+    share = run.get("cpu", {}).get("server_cpu_share")
+    return "" if share is None else f"{share:.0%}"
+
+
+def _delivered_and_shown(run: dict, kind: str, key: str) -> str:
+    shown = f"{run[kind][key]:.1f}"
+    delivered = run.get(f"{kind}_delivered", {}).get(key)
+    return shown if delivered is None else f"{delivered:.1f} / {shown}"
 
 
 ROBUSTNESS_HEADER = ("model", "images", "ROC AUC", "most flips", "largest specificity change")
