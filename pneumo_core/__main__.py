@@ -10,6 +10,7 @@ Usage:
     python -m pneumo_core bench    [--out bench.json] [--repeats N]
     python -m pneumo_core report   [--readme README.md]
     python -m pneumo_core tune     --model NAME --data DIR [--max-trials N] [--budget-minutes M] [--proxy-size PX]
+    python -m pneumo_core candidate --model NAME --candidate DIR --label TEXT
     python -m pneumo_core fit-gate --model NAME --data DIR [--models-dir models/] [--split-file FILE] [--no-figures]
     python -m pneumo_core fit-subtype --model NAME --data DIR [--models-dir models/] [--split-file FILE]
     python -m pneumo_core robustness --model NAME [--data DIR] [--split-file F] [--out FILE] [--limit N]
@@ -120,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     gate.add_argument("--split-file", type=Path, default=data.DEFAULT_SPLIT_FILE)
     gate.add_argument("--no-figures", action="store_true", help="skip measuring the test, perturbed and negative sets")
+
+    candidate = commands.add_parser(
+        "candidate", help="judge a retrained model against the shipped one (validation and robustness)"
+    )
+    candidate.add_argument("--model", required=True, choices=model_names())
+    candidate.add_argument("--candidate", type=Path, required=True, help="the retrained model's directory")
+    candidate.add_argument("--label", required=True, help='what the candidate is, e.g. "tuned settings"')
+    candidate.add_argument("--models-dir", type=Path, default=MODELS_DIR)
 
     subtype = commands.add_parser(
         "fit-subtype", help="fit the bacterial-vs-viral head on a trained model's frozen features and measure it"
@@ -387,6 +396,16 @@ def run_fit_subtype(args) -> int:
     return 0
 
 
+def run_candidate(args) -> int:
+    from pneumo_core.candidate import judge_candidate
+
+    payload = judge_candidate(_shipped_dir(args.model, args.models_dir), args.candidate, args.label)
+    for check, passed in payload["checks"].items():
+        print(f"{check}: {'yes' if passed else 'no'}")
+    print("the candidate replaces the shipped model" if payload["replace"] else "the shipped model stays")
+    return 0
+
+
 COMMANDS = {
     "split": run_split,
     "train": run_train,
@@ -399,6 +418,7 @@ COMMANDS = {
     "fit-gate": run_fit_gate,
     "fit-subtype": run_fit_subtype,
     "robustness": run_robustness,
+    "candidate": run_candidate,
 }
 
 if __name__ == "__main__":

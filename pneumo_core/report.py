@@ -242,6 +242,7 @@ Calibration: {calibration.method}, p = sigmoid({calibration.scale:.4f} z + {cali
 def card_sections(directory: Path) -> list[str]:
     """The optional model-card sections of a verified model directory: its gate, its hyper-parameter search,
     its robustness to framing and exposure, its bacterial-vs-viral head."""
+    from pneumo_core.candidate import candidate_markdown, read_candidate
     from pneumo_core.gate import read_gate_settings
     from pneumo_core.robustness import card_markdown, read_robustness
     from pneumo_core.subtype import read_subtype_settings
@@ -264,6 +265,9 @@ def card_sections(directory: Path) -> list[str]:
     tuning = read_tuning(directory)
     if tuning is not None:
         sections.append(tuning_markdown(tuning))
+    candidate = read_candidate(directory)
+    if candidate is not None:
+        sections.append(candidate_markdown(candidate))
     robustness = read_robustness(directory)
     if robustness is not None:
         sections.append(card_markdown(robustness))

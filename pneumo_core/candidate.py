@@ -1,0 +1,112 @@
+"""Should a retrained model replace the shipped one? Validation and robustness, side by side.
+
+A candidate (for example cnn retrained with the best settings of its hyper-parameter search) replaces
+the shipped model only if it is better on the validation split AND no less robust: its validation
+ROC AUC is higher, and both its framing +-10 % flip rate and its mean flip rate over every
+perturbation are no higher than the shipped model's. The internal test split plays no part. Both
+directories need ``metrics.json`` and ``robustness.json`` (``python -m pneumo_core robustness``).
+The verdict is written next to the shipped model (``candidate.json``, sealed) and shown on its card.
+
+Usage:
+    python -m pneumo_core candidate --model cnn --candidate runs/cnn_tuned/cnn --label "tuned settings"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pneumo_core import artifacts
+from pneumo_core.robustness import FRAMING_10, read_robustness
+
+CANDIDATE_FILE = "candidate.json"
+RULE = (
+    "Replace the shipped model only if the candidate's validation ROC AUC is higher and its framing +-10 % "
+    "flip rate and mean flip rate over all perturbations are no higher (internal test split not used)."
+)
+
+
+def model_figures(directory: Path) -> dict:
+    """Validation ROC AUC, sensitivity, specificity and ECE, and the robustness figures of one model directory.
+
+    Raises:
+        ValueError: If the directory has no robustness.json (measure it first).
+    """
+    found = artifacts.read_model_dir(directory)
+    robustness = read_robustness(directory)
+    if robustness is None:
+        raise ValueError(
+            f"{artifacts.repo_relative(directory)} has no robustness.json: run "
+            "`python -m pneumo_core robustness` on it first."
+        )
+    validation = found.metrics.validation
+    framing = [item.flip_rate for item in robustness.perturbations if item.name in FRAMING_10]
+    return {
+        "directory": artifacts.repo_relative(directory),
+        "model_sha256": robustness.model_sha256,
+        "validation": {
+            "roc_auc": validation.roc_auc,
+            "sensitivity": validation.sensitivity,
+            "specificity": validation.specificity,
+            "ece": validation.ece,
+            "threshold": validation.threshold,
+        },
+        "robustness": {
+            "framing_10_max_flip_rate": max(framing),
+            "mean_flip_rate": sum(item.flip_rate for item in robustness.perturbations) / len(robustness.perturbations),
+            "ece_under_shift": robustness.summary.ece_under_shift,
+            "criteria_passed": sum(criterion.passed for criterion in robustness.summary.criteria),
+            "criteria": len(robustness.summary.criteria),
+        },
+        "training_seconds": found.config.provenance.training_seconds,
+    }
+
+
+def verdict(shipped: dict, candidate: dict) -> dict:
+    """Whether the candidate replaces the shipped model under :data:`RULE`, with the reasons."""
+    checks = {
+        "higher validation ROC AUC": candidate["validation"]["roc_auc"] > shipped["validation"]["roc_auc"],
+        "framing +-10 % flip rate no higher": candidate["robustness"]["framing_10_max_flip_rate"]
+        <= shipped["robustness"]["framing_10_max_flip_rate"],
+        "mean flip rate no higher": candidate["robustness"]["mean_flip_rate"]
+        <= shipped["robustness"]["mean_flip_rate"],
+    }
+    return {"replace": all(checks.values()), "checks": checks}
+
+
+def judge_candidate(shipped_dir: Path, candidate_dir: Path, label: str) -> dict:
+    """Compare, write ``candidate.json`` into the shipped directory and re-seal it."""
+    shipped, candidate = model_figures(shipped_dir), model_figures(candidate_dir)
+    payload = {"label": label, "rule": RULE, "shipped": shipped, "candidate": candidate, **verdict(shipped, candidate)}
+    artifacts.write_json(shipped_dir / CANDIDATE_FILE, payload)
+    artifacts.seal(shipped_dir, updated=[CANDIDATE_FILE])
+    return payload
+
+
+def read_candidate(directory: Path) -> dict | None:
+    """The recorded verdict of a shipped model directory, or None."""
+    path = Path(directory) / CANDIDATE_FILE
+    return artifacts.read_json(path) if path.is_file() else None
+
+
+def candidate_markdown(payload: dict) -> str:
+    """A model-card section: the candidate, its figures beside the shipped model's, and the verdict."""
+    rows = [
+        ("validation ROC AUC", "validation", "roc_auc", "{:.4f}"),
+        ("validation specificity", "validation", "specificity", "{:.3f}"),
+        ("framing +-10 %: largest flip rate", "robustness", "framing_10_max_flip_rate", "{:.1%}"),
+        ("mean flip rate (all perturbations)", "robustness", "mean_flip_rate", "{:.1%}"),
+        ("ECE under shift", "robustness", "ece_under_shift", "{:.3f}"),
+    ]
+    table = "\n".join(
+        f"| {name} | {fmt.format(payload['shipped'][group][key])} | {fmt.format(payload['candidate'][group][key])} |"
+        for name, group, key, fmt in rows
+    )
+    outcome = "It replaced the shipped model." if payload["replace"] else "It was not shipped."
+    failed = [name for name, passed in payload["checks"].items() if not passed]
+    why = f" Failed: {', '.join(failed)}." if failed else ""
+    return (
+        f"## Retrained candidate: {payload['label']}\n"
+        f"{payload['rule']} {outcome}{why}\n\n"
+        "| figure | shipped | candidate |\n|---|---|---|\n"
+        f"{table}\n"
+    )

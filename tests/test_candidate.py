@@ -1,0 +1,35 @@
+"""The rule that decides whether a retrained model replaces the shipped one."""
+
+from __future__ import annotations
+
+import pytest
+
+from pneumo_core.candidate import candidate_markdown, verdict
+
+
+def figures(auc: float, framing: float, mean_flip: float) -> dict:
+    return {
+        "validation": {"roc_auc": auc, "specificity": 0.95},
+        "robustness": {"framing_10_max_flip_rate": framing, "mean_flip_rate": mean_flip, "ece_under_shift": 0.05},
+    }
+
+
+@pytest.mark.parametrize(
+    ("candidate", "replace"),
+    [
+        (figures(0.995, 0.10, 0.04), True),  # better everywhere
+        (figures(0.998, 0.34, 0.09), False),  # better on validation, less robust (the tuned cnn)
+        (figures(0.990, 0.05, 0.02), False),  # more robust, worse on validation
+        (figures(0.993, 0.10, 0.04), False),  # a tie on validation is not better
+    ],
+)
+def test_a_candidate_replaces_the_model_only_if_better_on_validation_and_no_less_robust(candidate, replace):
+    assert verdict(figures(0.993, 0.18, 0.06), candidate)["replace"] is replace
+
+
+def test_the_card_section_names_the_failed_checks_and_shows_both_models():
+    shipped, candidate = figures(0.993, 0.18, 0.06), figures(0.998, 0.34, 0.09)
+    payload = {"label": "tuned", "rule": "RULE.", "shipped": shipped, "candidate": candidate}
+    text = candidate_markdown({**payload, **verdict(shipped, candidate)})
+    assert "It was not shipped." in text and "framing +-10 % flip rate no higher" in text
+    assert "| framing +-10 %: largest flip rate | 18.0% | 34.0% |" in text
