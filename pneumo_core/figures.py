@@ -7,7 +7,7 @@ Usage:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -70,11 +70,20 @@ def formatted(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 def confusion_figure(entry: ModelEntry) -> go.Figure:
     """Confusion matrix at the operating threshold: counts and row percentages."""
-    matrix = np.array(entry.metrics.test.confusion_at_threshold.matrix, dtype=float)
+    matrix = entry.metrics.test.confusion_at_threshold.matrix
+    title = f"{entry.name} (threshold {entry.config.threshold:.3f})"
+    return confusion_heatmap(matrix, list(entry.spec.class_names), title, font_size=15, height=340)
+
+
+def confusion_heatmap(
+    counts: Sequence[Sequence[float]], names: list[str], title: str, font_size: int = 15, height: int = 340
+) -> go.Figure:
+    """A confusion matrix (true classes down, predicted across) as counts and percentages of each true class."""
+    matrix = np.array(counts, dtype=float)
     rows = matrix.sum(axis=1, keepdims=True)
     percent = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0) * 100
-    names = list(entry.spec.class_names)
-    text = [[f"{int(matrix[i, j])}<br>{percent[i, j]:.1f}% of row" for j in range(2)] for i in range(2)]
+    size = len(names)
+    text = [[f"{int(matrix[i, j])}<br>{percent[i, j]:.1f}% of row" for j in range(size)] for i in range(size)]
     figure = go.Figure(
         go.Heatmap(
             z=percent,
@@ -82,7 +91,7 @@ def confusion_figure(entry: ModelEntry) -> go.Figure:
             y=names,
             text=text,
             texttemplate="%{text}",
-            textfont={"size": 15},
+            textfont={"size": font_size},
             colorscale="Blues",
             zmin=0,
             zmax=100,
@@ -91,10 +100,10 @@ def confusion_figure(entry: ModelEntry) -> go.Figure:
         )
     )
     figure.update_layout(
-        title=f"{entry.name} (threshold {entry.config.threshold:.3f})",
+        title=title,
         xaxis_title="predicted",
         yaxis={"autorange": "reversed", "title": "true"},
-        height=340,
+        height=height,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
     return figure

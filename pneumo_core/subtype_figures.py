@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from pneumo_core.catalog import ModelEntry
+from pneumo_core.figures import confusion_heatmap
 from pneumo_core.subtype import SubtypeSettings, read_subtype_settings
 
 CLASS_TITLES = {"normal": "NORMAL", "bacteria": "BACTERIAL", "virus": "VIRAL"}
@@ -64,36 +64,10 @@ def subtype_head_table(heads: dict[str, SubtypeSettings]) -> pd.DataFrame:
 def three_class_confusion_figure(name: str, settings: SubtypeSettings) -> go.Figure:
     """The 3 x 3 confusion matrix on the internal test split (validation when there is none): counts and row %."""
     figures = settings.test or settings.validation
-    matrix = np.array(figures.three_class.confusion, dtype=float)
-    rows = matrix.sum(axis=1, keepdims=True)
-    percent = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0) * 100
-    names = [CLASS_TITLES[key] for key in figures.three_class.classes]
-    size = len(names)
-    text = [[f"{int(matrix[i, j])}<br>{percent[i, j]:.1f}% of row" for j in range(size)] for i in range(size)]
-    figure = go.Figure(
-        go.Heatmap(
-            z=percent,
-            x=names,
-            y=names,
-            text=text,
-            texttemplate="%{text}",
-            textfont={"size": 13},
-            colorscale="Blues",
-            zmin=0,
-            zmax=100,
-            showscale=False,
-            hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
-        )
-    )
     where = "test" if settings.test is not None else "validation"
-    figure.update_layout(
-        title=f"{name} ({where}, threshold {settings.threshold:.3f})",
-        xaxis_title="predicted",
-        yaxis={"autorange": "reversed", "title": "true"},
-        height=360,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-    )
-    return figure
+    names = [CLASS_TITLES[key] for key in figures.three_class.classes]
+    title = f"{name} ({where}, threshold {settings.threshold:.3f})"
+    return confusion_heatmap(figures.three_class.confusion, names, title, font_size=13, height=360)
 
 
 def subtype_roc_figure(heads: dict[str, SubtypeSettings]) -> go.Figure:

@@ -59,7 +59,7 @@ def test_training_dataset_with_the_robust_policy_gives_model_input():
     dataset = make_dataset(squares, np.array([0, 1, 0, 1]), spec, 2, augment_seed=3, augment_policy="robust")
     x, y = next(iter(dataset))
     assert tuple(x.shape) == (2, spec.input_size, spec.input_size, 1) and tuple(y.shape) == (2,)
-    assert 0.0 <= float(np.min(x)) and float(np.max(x)) <= 1.0
+    assert float(np.min(x)) >= 0.0 and float(np.max(x)) <= 1.0
 
 
 def test_an_unknown_policy_is_refused_with_the_choices():
