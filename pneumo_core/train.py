@@ -143,9 +143,21 @@ def set_trainable(model: keras.Model, first_trainable: str | None) -> None:
 
 
 def fit_phase(
-    model, train_ds, val_ds, args: TrainArgs, run_dir: Path, *, learning_rate, epochs, initial_epoch, weights
+    model, train_ds, val_ds, args: TrainArgs, run_dir: Path, *, phase, learning_rate, epochs, initial_epoch, weights
 ):
-    """Compile and fit one phase with checkpointing, early stopping and LR reduction."""
+    """Compile and fit one phase with checkpointing, early stopping and LR reduction.
+
+    The phase resumes where a stopped run left it: Keras' ``BackupAndRestore`` keeps the weights and
+    the epoch in ``<run_dir>/backup-<phase>/`` until the phase ends (early stopping and learning-rate
+    reduction start counting again after a resume), and the epochs' rows are read back from the
+    phase's CSV log, so the history covers every epoch of the phase.
+    """
+    backup_dir = run_dir / f"backup-{phase}"
+    log_file = run_dir / f"history-{phase}.csv"
+    if not backup_dir.exists():
+        log_file.unlink(missing_ok=True)  # A fresh phase; with a backup, the log holds the epochs run so far.
+    else:
+        LOGGER.info("Resuming phase %s from %s", phase, backup_dir)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="binary_crossentropy",
@@ -155,9 +167,10 @@ def fit_phase(
         keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor="val_loss", save_best_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=max(1, args.patience // 2)),
-        keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
+        keras.callbacks.CSVLogger(log_file, append=True),
+        keras.callbacks.BackupAndRestore(backup_dir),
     ]
-    history = model.fit(
+    model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=initial_epoch + epochs,
@@ -166,9 +179,10 @@ def fit_phase(
         callbacks=callbacks,
         verbose=2,
     )
+    logged = pd.read_csv(log_file)
     return [
-        {"epoch": epoch, **{k: float(v[i]) for k, v in history.history.items()}}
-        for i, epoch in enumerate(history.epoch)
+        {"epoch": int(row.pop("epoch")), **{key: float(value) for key, value in row.items()}}
+        for row in logged.to_dict("records")
     ]
 
 
@@ -226,7 +240,6 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
     val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None)
     run_dir = Path(args.run_dir) / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "history.csv").unlink(missing_ok=True)
     weights = class_weights(targets["train"])
     phases = [("head" if spec.uses_backbone_weights else "full", args.learning_rate, args.epochs, None)]
     if spec.uses_backbone_weights:
@@ -243,6 +256,7 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
             val_ds,
             args,
             run_dir,
+            phase=phase,
             learning_rate=learning_rate,
             epochs=epochs,
             initial_epoch=len(history),

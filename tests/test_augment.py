@@ -67,3 +67,37 @@ def test_an_unknown_policy_is_refused_with_the_choices():
     squares = np.zeros((2, spec.input_size, spec.input_size), np.uint8)
     with pytest.raises(ValueError, match="basic, robust"):
         make_dataset(squares, np.array([0, 1]), spec, 2, augment_seed=0, augment_policy="strong")
+
+
+def test_a_stopped_training_phase_resumes_from_its_backup(tmp_path, monkeypatch):
+    """A run stopped after its first epoch continues at the second and its history still has both epochs."""
+    import keras
+
+    from pneumo_core import train as train_module
+    from pneumo_core.artifacts import TrainArgs
+    from pneumo_core.models import build_mlp
+
+    class StopBeforeSecondEpoch(keras.callbacks.ReduceLROnPlateau):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("the session ended")
+
+    spec = get_spec("mlp")
+    squares = np.resize(chest_like_squares(8), (8, spec.input_size, spec.input_size))
+    targets = np.array([0, 1] * 4)
+    data = make_dataset(squares, targets, spec, 4, augment_seed=None)
+    args = TrainArgs(
+        model="mlp", data="d", out="o", epochs=2, fine_tune_epochs=0, batch_size=4, learning_rate=1e-3,
+        fine_tune_learning_rate=1e-5, fine_tune_from=None, backbone_weights=None, split_file="s", seed=1,
+        patience=5, run_dir=str(tmp_path),
+    )  # fmt: skip
+    model = build_mlp(spec.input_size, 1)
+    fit = dict(phase="full", learning_rate=1e-3, epochs=2, initial_epoch=0, weights=None)
+    with monkeypatch.context() as patched:
+        patched.setattr(train_module.keras.callbacks, "ReduceLROnPlateau", StopBeforeSecondEpoch)
+        with pytest.raises(KeyboardInterrupt):
+            train_module.fit_phase(model, data, data, args, tmp_path, **fit)
+    assert (tmp_path / "backup-full").is_dir()
+    rows = train_module.fit_phase(build_mlp(spec.input_size, 1), data, data, args, tmp_path, **fit)
+    assert [row["epoch"] for row in rows] == [0, 1]
+    assert not (tmp_path / "backup-full").exists()  # removed once the phase ended
