@@ -204,7 +204,7 @@ def robustness_heatmap(results: Mapping[str, RobustnessResult], metric: str = "f
         )
     )
     figure.update_layout(
-        height=160 + 45 * len(values.index),
+        height=220 + 60 * len(values.index),
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
         xaxis={"tickangle": -60},
         yaxis={"autorange": "reversed"},

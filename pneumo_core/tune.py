@@ -51,7 +51,9 @@ SESSIONS_FILE = "sessions.json"
 OBJECTIVE = "val_roc_auc"
 TUNABLE_TRAIN_ARGS = ("learning_rate", "augment_strength")
 ROBUSTNESS_NOTE = (
-    "No robustness term yet: the robustness evaluation does not exist, so the objective is validation ROC AUC alone."
+    "No robustness term: the objective is validation ROC AUC alone (validation shares the training pool's "
+    "framing shortcuts); a model retrained with the best settings is judged on robustness afterwards "
+    "(python -m pneumo_core candidate)."
 )
 
 

@@ -97,9 +97,7 @@ def test_two_trial_search_writes_tuning_json(first_search):
     assert summary["baseline"]["trial_id"] == trials[0]["trial_id"]
     objective = summary["objective"]
     assert objective["name"] == "val_roc_auc" and "validation" in objective["description"]
-    assert (
-        objective["robustness_term"] is None and "robustness evaluation does not exist" in objective["robustness_note"]
-    )
+    assert objective["robustness_term"] is None and "judged on robustness afterwards" in objective["robustness_note"]
     assert summary["proxy"]["input_size"] == PROXY_SIZE and summary["proxy"]["full_input_size"] == 160
     assert summary["proxy"]["epochs_per_trial"] == 1
     assert summary["budget"] == {"max_trials": 2, "budget_minutes": 10.0}
