@@ -344,3 +344,17 @@ def load_arrays(paths: list[str], size: int, workers: int = 4) -> np.ndarray:
 def labels_of(frame: pd.DataFrame) -> np.ndarray:
     """Return 0/1 targets (1 = PNEUMONIA) for a records frame."""
     return (frame["label"] == CLASS_NAMES[1]).to_numpy(dtype=np.int32)
+
+
+def model_split_frame(split_file: Path, data_dir: Path, trained_on: str, model: str, purpose: str) -> pd.DataFrame:
+    """The split file's rows with image paths, after checking it is the split ``model`` was trained with.
+
+    Raises:
+        ValueError: If the split file's sha256 differs from ``trained_on`` (the message names ``purpose``).
+    """
+    if split_hash(split_file) != trained_on:
+        raise ValueError(
+            f"{split_file} is not the split {model} was trained with (its sha256 differs), "
+            f"so {purpose} cannot be fitted on that model's images."
+        )
+    return attach_paths(read_split(split_file), data_dir)

@@ -109,22 +109,25 @@ def confusion_heatmap(
     return figure
 
 
-def roc_figure(entries: list[ModelEntry]) -> go.Figure:
-    """ROC curves of all models on one chart, each operating point marked."""
+def roc_chart(curves: Mapping[str, tuple[object, float | None]]) -> go.Figure:
+    """A chance diagonal and one ROC line per name; ``curves`` maps a name to (curve with fpr/tpr or None, AUC)."""
     figure = go.Figure()
     figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
+    for name, (curve, auc) in curves.items():
+        if curve is not None:
+            figure.add_trace(
+                go.Scatter(x=list(curve.fpr), y=list(curve.tpr), mode="lines", name=f"{name} (AUC {auc:.3f})")
+            )
+    return figure
+
+
+def roc_figure(entries: list[ModelEntry]) -> go.Figure:
+    """ROC curves of all models on one chart, each operating point marked."""
+    figure = roc_chart({entry.name: (entry.metrics.test.roc_curve, entry.metrics.test.roc_auc) for entry in entries})
     for entry in entries:
         test = entry.metrics.test
         if test.roc_curve is None:
             continue
-        figure.add_trace(
-            go.Scatter(
-                x=list(test.roc_curve.fpr),
-                y=list(test.roc_curve.tpr),
-                mode="lines",
-                name=f"{entry.name} (AUC {test.roc_auc:.3f})",
-            )
-        )
         figure.add_trace(
             go.Scatter(
                 x=[1 - test.specificity],

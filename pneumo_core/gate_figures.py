@@ -297,12 +297,9 @@ def fit_gate_dir(
         ValueError: If the split is not the model's, or an image of the split cannot be read.
     """
     loaded = artifacts.load_model_dir(directory)
-    if data.split_hash(split_file) != loaded.config.data.split_hash:
-        raise ValueError(
-            f"{split_file} is not the split {loaded.spec.name} was trained with (its sha256 differs), "
-            "so the gate cannot be fitted on that model's training images."
-        )
-    frame = data.attach_paths(data.read_split(split_file), data_dir)
+    frame = data.model_split_frame(
+        split_file, data_dir, loaded.config.data.split_hash, loaded.spec.name, purpose="the gate"
+    )
     layer = feature_layer_of(loaded.model)
     network = compiled(two_output_model(loaded.model, layer))
     inputs = {}

@@ -262,18 +262,16 @@ def card_sections(directory: Path) -> list[str]:
             "not chest X-rays (photos, textures, documents, CT, MR, ultrasound, synthetic shapes) refused; "
             f"{report.cost.judge_median_ms:.0f} ms per image."
         )
-    tuning = read_tuning(directory)
-    if tuning is not None:
-        sections.append(tuning_markdown(tuning))
-    candidate = read_candidate(directory)
-    if candidate is not None:
-        sections.append(candidate_markdown(candidate))
-    robustness = read_robustness(directory)
-    if robustness is not None:
-        sections.append(card_markdown(robustness))
-    subtype = read_subtype_settings(directory)
-    if subtype is not None:
-        sections.append(subtype_markdown(subtype))
+    optional = (
+        (read_tuning, tuning_markdown),
+        (read_candidate, candidate_markdown),
+        (read_robustness, card_markdown),
+        (read_subtype_settings, subtype_markdown),
+    )
+    for read, render in optional:
+        found = read(directory)
+        if found is not None:
+            sections.append(render(found))
     return sections
 
 

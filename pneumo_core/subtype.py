@@ -846,12 +846,9 @@ def fit_subtype_dir(
         NotEnoughSubtypes: If a split has too few bacterial or viral images.
     """
     loaded = artifacts.load_model_dir(directory)
-    if data.split_hash(split_file) != loaded.config.data.split_hash:
-        raise ValueError(
-            f"{split_file} is not the split {loaded.spec.name} was trained with (its sha256 differs), "
-            "so its subtype head cannot be fitted on that model's images."
-        )
-    frame = data.attach_paths(data.read_split(split_file), data_dir)
+    frame = data.model_split_frame(
+        split_file, data_dir, loaded.config.data.split_hash, loaded.spec.name, purpose="its subtype head"
+    )
     sources = available_sources(loaded.spec.gradcam_layer)
     features = {}
     for split in ("train", "val", "test"):

@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from pneumo_core.catalog import ModelEntry
-from pneumo_core.figures import confusion_heatmap
+from pneumo_core.figures import confusion_heatmap, roc_chart
 from pneumo_core.subtype import SubtypeSettings, read_subtype_settings
 
 CLASS_TITLES = {"normal": "NORMAL", "bacteria": "BACTERIAL", "virus": "VIRAL"}
@@ -72,20 +72,8 @@ def three_class_confusion_figure(name: str, settings: SubtypeSettings) -> go.Fig
 
 def subtype_roc_figure(heads: dict[str, SubtypeSettings]) -> go.Figure:
     """Bacterial-vs-viral ROC curves on the internal test split's pneumonia images, one per model."""
-    figure = go.Figure()
-    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
-    for name, settings in heads.items():
-        pneumonia = (settings.test or settings.validation).pneumonia
-        if pneumonia.roc_curve is None:
-            continue
-        figure.add_trace(
-            go.Scatter(
-                x=list(pneumonia.roc_curve.fpr),
-                y=list(pneumonia.roc_curve.tpr),
-                mode="lines",
-                name=f"{name} (AUC {pneumonia.roc_auc:.3f})",
-            )
-        )
+    pneumonia = {name: (settings.test or settings.validation).pneumonia for name, settings in heads.items()}
+    figure = roc_chart({name: (figures.roc_curve, figures.roc_auc) for name, figures in pneumonia.items()})
     figure.update_layout(
         xaxis_title="viral cases called bacterial (false-positive rate)",
         yaxis_title="bacterial cases called bacterial (true-positive rate)",
