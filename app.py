@@ -3,15 +3,17 @@
 Usage:
     streamlit run app.py            # or `make run`; see README, "Deploying for a team"
 
-The shipped models (the recommended one first) are loaded and warmed in the background when the first page
-is shown. Before anything else, the work-around for Streamlit losing uploads under load is installed.
+The shipped models (the recommended one first) are loaded and warmed in the background once the first page
+has been drawn. Before anything else, two work-arounds are installed: for Streamlit losing uploads under load, and
+for it resetting Keras after every run.
 """
 
 import streamlit as st
 
-from pages.common import keep_upload_replies_across_reruns, start_warm_up
+from pages.common import keep_keras_state_across_reruns, keep_upload_replies_across_reruns, start_warm_up
 
 keep_upload_replies_across_reruns()  # Process-wide and idempotent; see its docstring.
+keep_keras_state_across_reruns()  # Idem: no Keras reset (a full garbage collection) after every run.
 st.set_page_config(page_title="Pneumonia X-ray assistant", page_icon="🫁", layout="wide")
 
 
@@ -31,8 +33,6 @@ if sign_in_required() and not st.user.get("is_logged_in", False):
 if sign_in_required():
     st.sidebar.button("Sign out", on_click=st.logout, key="sign_out")
 
-start_warm_up()
-
 navigation = st.navigation(
     [
         st.Page("pages/diagnose.py", title="Diagnose", icon=":material/radiology:", default=True),
@@ -41,4 +41,7 @@ navigation = st.navigation(
         st.Page("pages/cards.py", title="Model cards", icon=":material/description:"),
     ]
 )
-navigation.run()
+try:
+    navigation.run()
+finally:  # After the first page is drawn: its imports would otherwise wait behind TensorFlow's for the GIL.
+    start_warm_up()

@@ -1,15 +1,17 @@
 """Browser benchmark of the served app: page ready after launch, and ten sessions at once.
 
-Starts ``streamlit run app.py`` (the ``make run`` entry; the first page view starts the model warm-up) on a free
+Starts ``streamlit run app.py`` (the ``make run`` entry; the first page drawn starts the model warm-up) on a free
 loopback port with the shipped models, drives Debian's Chromium through Playwright, and writes
 ``bench/load_test.json``:
 
 - ``page_ready_after_launch_s``: from spawning the server to the Diagnose page being usable;
 - ``warm_up_after_page_ready_s``: until the server is idle, its warm-up of the shipped models done;
-- for cnn and xception, ten sessions that each switch to the model and upload their own copy of a sample at
-  once: reading and heatmap latency p50/p95 (from upload), lost uploads (the upload vanished), slow sessions
-  (no result within the time limit, upload still in place), websocket reconnects, the server's peak RSS, and
-  the CPU the server and the whole machine used during the wave (the browsers share the server's cores).
+- for cnn and xception, ten browser sessions that each switch to the model and upload their own copy of a
+  sample at once: reading and heatmap latency p50/p95 (from upload), lost uploads (the upload vanished), slow
+  sessions (no result within the time limit, upload still in place), websocket reconnects, the server's peak
+  RSS, and the CPU the server and the whole machine used during the wave (the browsers share the server's cores);
+- ``client``: the same ten sessions at once through Streamlit's websocket protocol instead of browsers
+  (``tests/client_driver.py``): what the server delivers when the doctors' browsers run on their own machines.
 
 Usage:
     .venv/bin/python bench/load_test.py [--sessions 10] [--out bench/load_test.json]
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from browser_support import SAMPLES_DIR, chromium_browser, streamlit_server  # noqa: E402
-from load_driver import START_TEXT, peak_rss_mb, run_load  # noqa: E402
+from client_driver import run_client_load  # noqa: E402
+from load_driver import START_TEXT, distinct_copies, peak_rss_mb, run_load  # noqa: E402
 
 SAMPLE = SAMPLES_DIR / "person1371_virus_2361.jpeg"
 
@@ -77,7 +81,8 @@ def machine_busy_seconds() -> float:
 
 
 def measured_wave(url: str, model: str, sessions: int, pid: int) -> dict:
-    """One wave of ``sessions`` at once, with the CPU the server and the whole machine used meanwhile.
+    """One wave of ``sessions`` browsers at once, with the CPU the server and the whole machine used meanwhile,
+    then one wave of as many protocol clients (``client``).
 
     The browsers run on the same cores as the server, so ``server_cpu_share`` (the server's CPU seconds
     over all the CPU seconds the machine used during the wave) says how much of the machine the app got.
@@ -91,6 +96,9 @@ def measured_wave(url: str, model: str, sessions: int, pid: int) -> dict:
         "machine_busy_cpu_s": round(machine, 1),
         "server_cpu_share": round(server / machine, 2) if machine else None,
     }
+    with tempfile.TemporaryDirectory() as folder:
+        images = distinct_copies(SAMPLE, sessions, Path(folder), first=sessions)  # Not the browsers' copies.
+        figures["client"] = run_client_load(url, images, model)
     return figures
 
 
@@ -117,7 +125,8 @@ def main() -> int:
     }
     args.out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(json.dumps(report, indent=2))
-    return 0 if all(run["lost"] == 0 and run["slow"] == 0 for run in runs.values()) else 1
+    complete = all(run["client"]["done"] == run["sessions"] for run in runs.values())
+    return 0 if complete and all(run["lost"] == 0 and run["slow"] == 0 for run in runs.values()) else 1
 
 
 if __name__ == "__main__":

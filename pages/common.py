@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -51,6 +52,33 @@ def keep_upload_replies_across_reruns() -> None:
     clear_keeping_upload_replies.keeps_upload_replies = True
     clear_keeping_upload_replies.__wrapped__ = clear
     ForwardMsgQueue.clear = clear_keeping_upload_replies
+
+
+def keep_keras_state_across_reruns() -> None:
+    """Stop Streamlit from resetting Keras after every script run.
+
+    After each run Streamlit calls ``keras.backend.clear_session()`` when Keras is imported: a full
+    garbage collection of TensorFlow's heap and a reset of its kernel caches, on the script thread,
+    while other sessions' models run. Under load (10 sessions on 2 cores) that was the server's single
+    largest cost after the models themselves. The models here are built once and shared, so there is
+    no per-run Keras state to clear. Matplotlib's figures are still closed, as Streamlit does. Process-wide and
+    idempotent. It replaces a private Streamlit function (1.67); ``tests/test_load.py`` fails when
+    Streamlit changes it.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    clean = script_runner._clean_problem_modules
+    if getattr(clean, "keeps_keras_state", False):
+        return
+
+    def clean_without_resetting_keras() -> None:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close("all")
+
+    clean_without_resetting_keras.keeps_keras_state = True
+    clean_without_resetting_keras.__wrapped__ = clean
+    script_runner._clean_problem_modules = clean_without_resetting_keras
 
 
 @st.cache_resource(show_spinner=False)
@@ -116,7 +144,7 @@ def _warm_up() -> None:
 
 @st.cache_resource(show_spinner=False)
 def start_warm_up() -> threading.Thread:
-    """Warm the shipped models in the background, once per server, as soon as the first page is shown.
+    """Warm the shipped models in the background, once per server, once the first page has been drawn.
 
     The page renders meanwhile (it needs no TensorFlow until an image is read), so no reading pays for
     importing TensorFlow, loading a model or tracing its first call.

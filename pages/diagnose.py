@@ -171,10 +171,11 @@ st.caption(
 overlay_column, report_column = st.columns(2)
 overlay_column.download_button(
     "Download overlay (PNG)",
-    data=png_bytes(blended),
+    data=lambda: png_bytes(blended),
     file_name=f"overlay_{entry.name}_{method.lower().replace(' ', '_')}.png",
     mime="image/png",
     key="download_overlay",
+    on_click="ignore",
 )
 report_column.download_button(
     "Download report (PDF)",

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from pneumo_core.imaging import SUPPORTED_FORMATS, is_supported_file, read_xray_file, resize_square
 from pneumo_core.registry import CLASS_NAMES
@@ -271,6 +270,8 @@ def make_split(records: pd.DataFrame, seed: int = SPLIT_SEED) -> pd.DataFrame:
     Returns:
         The records (without ``path``) plus a ``split`` column, sorted by file.
     """
+    from sklearn.model_selection import StratifiedGroupKFold
+
     smallest_class = int(records.groupby("subtype")["patient_id"].nunique().min())
     n_folds = min(20, smallest_class)
     if n_folds < 3:

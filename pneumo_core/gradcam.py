@@ -3,6 +3,11 @@
 The map is computed on the model's square input, then resized back to the
 original image's aspect ratio. It shows where the model looked, not a lesion outline.
 
+Grad-CAM, the default method, runs as one compiled graph (:func:`compiled_gradcam`): the forward
+pass and the gradient of the explained logit back to the conv layer (through the head only),
+traced once. It gives tf-keras-vis's Grad-CAM map (a test holds them equal) several times faster;
+the other methods run through tf-keras-vis as they are.
+
 Usage:
     explainer = Explainer(loaded)                 # build once per model
     heat = explainer.heatmap(square, "Grad-CAM", target_class=1)
@@ -12,7 +17,9 @@ Usage:
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import cv2
@@ -20,6 +27,7 @@ import numpy as np
 
 from pneumo_core.artifacts import LoadedModel
 from pneumo_core.imaging import fit_within
+from pneumo_core.registry import ModelSpec
 
 if TYPE_CHECKING:  # Keras and tf-keras-vis load with the first Explainer, not with the page that shows maps.
     import keras
@@ -78,6 +86,46 @@ def _visualizers(explain_model: keras.Model) -> dict:
     }
 
 
+def compiled_gradcam(explain_model: keras.Model, spec: ModelSpec) -> Callable[[np.ndarray, int], np.ndarray]:
+    """``(square, index) -> map``: the Grad-CAM of output ``index`` of ``explain_model`` on one uint8 square.
+
+    The same map as tf-keras-vis's ``Gradcam`` (ReLU of the gradient-weighted sum of the conv layer's
+    channels, zoomed to the input with linear interpolation), computed by one ``tf.function`` with a
+    fixed input signature. Thread-safe once traced.
+
+    Args:
+        explain_model: A model with logits as output (see :func:`two_logit_model`) and ``spec.gradcam_layer``.
+        spec: The model's registry entry (input size, preprocessing, conv layer).
+
+    Returns:
+        A function giving a ``(size, size)`` float32 map, not yet scaled to [0, 1].
+    """
+    import keras
+    import tensorflow as tf
+    from scipy.ndimage import zoom
+
+    conv = explain_model.get_layer(spec.gradcam_layer).output
+    probe = keras.Model(explain_model.inputs, [explain_model.outputs[0], conv], name=f"{explain_model.name}_gradcam")
+    size = spec.input_size
+    signature = [tf.TensorSpec([size, size], tf.uint8, name="square"), tf.TensorSpec([], tf.int32, name="index")]
+
+    @tf.function(input_signature=signature)
+    def conv_map(square, index):
+        model_input = spec.preprocess(square[None, ..., None])
+        with tf.GradientTape() as tape:
+            logits, features = probe(model_input, training=False)
+            tape.watch(features)
+            score = logits[:, index]
+        weights = tf.reduce_mean(tape.gradient(score, features), axis=(1, 2), keepdims=True)
+        return tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))[0]
+
+    def run(square: np.ndarray, index: int) -> np.ndarray:
+        cam = conv_map(tf.convert_to_tensor(square, dtype=tf.uint8), tf.constant(index, tf.int32)).numpy()
+        return zoom(cam, (size / cam.shape[0], size / cam.shape[1]), order=1).astype(np.float32)
+
+    return run
+
+
 class Explainer:
     """Heatmap methods for one loaded model, built once and reused for every image.
 
@@ -88,7 +136,10 @@ class Explainer:
     def __init__(self, loaded: LoadedModel, subtype: SubtypeHead | None = None) -> None:
         self.loaded = loaded
         self.subtype = subtype
-        self._visualizers = _visualizers(two_logit_model(loaded.model))
+        explain_model = two_logit_model(loaded.model)
+        self._visualizers = _visualizers(explain_model)
+        if loaded.spec.gradcam_layer:
+            self._visualizers["Grad-CAM"] = compiled_gradcam(explain_model, loaded.spec)
         self._subtype_visualizers = None
         self._subtype_lock = threading.Lock()
 
@@ -103,7 +154,9 @@ class Explainer:
             raise ValueError(f"Cannot explain {target_class!r} with {self.loaded.spec.name}; use one of {known}.")
         with self._subtype_lock:
             if self._subtype_visualizers is None:
-                self._subtype_visualizers = _visualizers(self.subtype.explain_model())
+                explain_model = self.subtype.explain_model()
+                self._subtype_visualizers = _visualizers(explain_model)
+                self._subtype_visualizers["Grad-CAM"] = compiled_gradcam(explain_model, self.loaded.spec)
         return self._subtype_visualizers, EXPLAIN_TARGETS[target_class]
 
     def heatmap(self, square: np.ndarray, method: str, target_class: int | str) -> np.ndarray:
@@ -120,11 +173,13 @@ class Explainer:
                 f"{method!r} is not available for {self.loaded.spec.name}; use one of {methods_for(self.loaded)}."
             )
         visualizers, index = self._visualizers_for(target_class)
+        visualizer = visualizers[method]
+        if method == "Grad-CAM":
+            return _unit_range(visualizer(square, index))
         seed = self.loaded.spec.model_input(square[None])
         from tf_keras_vis.utils.scores import CategoricalScore
 
         score = CategoricalScore([index])
-        visualizer = visualizers[method]
         if method == SALIENCY_METHOD:
             cam = visualizer(score, seed, smooth_samples=16, smooth_noise=0.1)
         else:
@@ -175,8 +230,11 @@ def display_pair(
     return shown, overlay(shown, heatmap, opacity=opacity, colormap=colormap)
 
 
+@functools.lru_cache(maxsize=32)
 def colour_bar(colormap: str = "jet", width: int = 480, height: int = 44) -> np.ndarray:
     """A horizontal legend of ``colormap`` labelled "low influence" (left) and "high influence" (right).
+
+    Drawn once per arguments and shared (read-only), since every page run shows it.
 
     Returns:
         An ``(height, width, 3)`` uint8 RGB image.
@@ -192,7 +250,9 @@ def colour_bar(colormap: str = "jet", width: int = 480, height: int = 44) -> np.
     cv2.putText(bar, "low influence", (2, baseline), font, scale, ink, 1, cv2.LINE_AA)
     (text_width, _), _ = cv2.getTextSize("high influence", font, scale, 1)
     cv2.putText(bar, "high influence", (width - text_width - 2, baseline), font, scale, ink, 1, cv2.LINE_AA)
-    return cv2.cvtColor(bar, cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(bar, cv2.COLOR_BGR2RGB)
+    rgb.flags.writeable = False
+    return rgb
 
 
 def _unit_range(cam: np.ndarray) -> np.ndarray:

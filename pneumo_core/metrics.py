@@ -8,7 +8,6 @@ Usage:
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as skm
 
 MIN_SENSITIVITY = 0.95
 THRESHOLD_RULE = (
@@ -30,6 +29,8 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, min_sensitivity: floa
     Returns:
         A threshold; an image is called pneumonia when its probability is >= it.
     """
+    from sklearn import metrics as skm
+
     if len(np.unique(y_true)) < 2:
         raise ValueError("Choosing a threshold needs both classes in the validation split.")
     fpr, tpr, thresholds = skm.roc_curve(y_true, prob, drop_intermediate=False)
@@ -45,6 +46,8 @@ def confusion(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
         A dict with ``matrix`` ([[TN, FP], [FN, TP]], rows = truth NORMAL, PNEUMONIA),
         accuracy, precision, recall, sensitivity, specificity and F1.
     """
+    from sklearn import metrics as skm
+
     y_pred = (prob >= threshold).astype(int)
     (tn, fp), (fn, tp) = skm.confusion_matrix(y_true, y_pred, labels=[0, 1])
     sensitivity = _ratio(tp, tp + fn)
@@ -85,6 +88,8 @@ def compute_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float, subt
     Returns:
         A JSON-serialisable dict (see ``metrics.json`` of any shipped model).
     """
+    from sklearn import metrics as skm
+
     y_true = np.asarray(y_true, dtype=int)
     prob = np.clip(np.asarray(prob, dtype=float), 0.0, 1.0)
     if y_true.shape != prob.shape or y_true.ndim != 1:
@@ -115,6 +120,8 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 def _roc_points(y_true: np.ndarray, prob: np.ndarray) -> dict:
     """ROC curve, thinned to at most ``ROC_POINTS`` points (always keeping both ends)."""
+    from sklearn import metrics as skm
+
     fpr, tpr, thresholds = skm.roc_curve(y_true, prob)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), ROC_POINTS)).round().astype(int))
     return {

@@ -72,9 +72,11 @@ def bench_table(bench_file: Path = BENCH_FILE, load_file: Path = LOAD_FILE) -> s
         phases = ("import_tensorflow_s", "import_project_s", "load_model_s", "first_prediction_s")
         cold_rows.append([f"`{name}`", *(f"{cold[key]:.2f}" for key in phases)])
         cold_rows[-1].append(f"{cold['process_start_to_first_prediction_s']:.2f}")
+    busy = bench["machine"].get("load_average_before")
     intro = (
         f"Measured on {bench['machine']['cpus']} CPU cores, {bench['repeats']} passes over the "
-        f"{len(bench['images'])} sample images (seconds)."
+        f"{len(bench['images'])} sample images (seconds)"
+        + (f"; load average {busy[0]:.1f} before the run." if busy else ".")
     )
     tables = [intro, "", *_table(BENCH_HEADER, rows), "", "Cold start of a new process, by phase (seconds):", ""]
     tables += _table(COLD_HEADER, cold_rows)
@@ -97,13 +99,33 @@ def load_table(load: dict) -> list[str]:
     busy = machine.get("load_average_before")
     return [
         f"Browser load test (`bench/load_test.py`): the page is ready {load['page_ready_after_launch_s']:.1f} s "
-        f"after `streamlit run app.py` starts; server peak RSS {load['server_peak_rss_mb']:.0f} MB. Each session "
-        "switches model and uploads its own image at once; seconds from upload, as delivered to the browser / as "
-        "shown by it (the ten browsers run on the server's own cores)"
+        f"after `streamlit run app.py` starts; server peak RSS {load['server_peak_rss_mb']:.0f} MB. Once every "
+        "page has loaded, each session switches model and uploads its own image at once; seconds from upload, as "
+        "delivered to the browser / as shown by it (the ten browsers run on the server's own cores)"
         + (f"; {machine.get('cpus')} cores, load average {busy[0]:.1f} before the run:" if busy else ":"),
         "",
         *_table((*header, "page load p95", "server's share of the CPU used"), rows),
+        *_client_table(load),
     ]
+
+
+def _client_table(load: dict) -> list[str]:
+    """The same waves through the websocket protocol (no browsers), when measured."""
+    rows = [
+        [f"`{model}`", str(client["sessions"]), str(client["done"])]
+        + [f"{client[kind][key]:.2f}" for kind in ("reading", "heatmap") for key in ("p50_s", "p95_s")]
+        for model, run in load["sessions"].items()
+        if (client := run.get("client")) and client["done"]
+    ]
+    if not rows:
+        return []
+    intro = (
+        "The same sessions through Streamlit's websocket protocol instead of browsers (`tests/client_driver.py`): "
+        "what the server delivers when each doctor's browser runs on their own machine; seconds from the model "
+        "switch, upload included:"
+    )
+    header = ("model", "sessions at once", "got both", "reading p50", "reading p95", "heatmap p50", "heatmap p95")
+    return ["", intro, "", *_table(header, rows)]
 
 
 def _cpu_share(run: dict) -> str:

@@ -42,10 +42,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn import metrics as skm
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
-from sklearn.preprocessing import StandardScaler
 
 from pneumo_core import artifacts, data
 from pneumo_core.artifacts import RocCurve
@@ -413,6 +409,9 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2_c: float) -> tuple[np.ndarray,
     Returns:
         ``(weights, bias)`` such that the logit is ``x @ weights + bias``.
     """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(x)
     regression = LogisticRegression(C=l2_c, max_iter=5000).fit(scaler.transform(x), y)
     coef = regression.coef_[0] / scaler.scale_
@@ -420,10 +419,14 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2_c: float) -> tuple[np.ndarray,
 
 
 def _log_loss(y: np.ndarray, q: np.ndarray) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.log_loss(y, np.clip(q, 1e-7, 1 - 1e-7), labels=[0, 1]))
 
 
 def _roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    from sklearn import metrics as skm
+
     return float(skm.roc_auc_score(y, score)) if len(np.unique(y)) == 2 else None
 
 
@@ -457,6 +460,9 @@ def calibrate(logits: np.ndarray, y: np.ndarray) -> SubtypeCalibration:
     Each of :data:`PLATT_FOLDS` folds of the validation pneumonia images is calibrated on the others; the
     ECE of those held-out probabilities is compared with the ECE of the uncalibrated regression.
     """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
     rule = (
         f"Platt scaling fitted on the validation split's pneumonia images, kept only if its {PLATT_FOLDS}-fold "
         "cross-validated ECE there is lower than the uncalibrated ECE"
@@ -505,6 +511,8 @@ def three_class_figures(
     probability: np.ndarray, bacteria: np.ndarray, truth: np.ndarray, threshold: float
 ) -> ThreeClassFigures:
     """Confusion matrix, per-class sensitivity and precision, accuracy and macro one-vs-rest ROC AUC."""
+    from sklearn import metrics as skm
+
     truth = np.asarray(truth, dtype=object)
     predicted = three_class_predictions(probability, bacteria, threshold)
     matrix = skm.confusion_matrix(truth, predicted, labels=list(THREE_CLASSES))

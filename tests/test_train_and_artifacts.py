@@ -221,6 +221,31 @@ def test_explainer_maps_for_every_method(loaded_models, image_paths, name):
         explainer.heatmap(square, wrong, target_class=1)
 
 
+def test_compiled_gradcam_equals_tf_keras_vis(loaded_models, image_paths):
+    """The compiled Grad-CAM gives tf-keras-vis's Gradcam map, for both classes and for the subtype logit."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    loaded = loaded_models["cnn"]
+    explain_model = gradcam.two_logit_model(loaded.model)
+    reference = Gradcam(explain_model, clone=False)
+    compiled = gradcam.compiled_gradcam(explain_model, loaded.spec)
+    nonflat = 0
+    for path in image_paths[-4:]:
+        square = resize_square(decode_grayscale(path.read_bytes()), loaded.spec.input_size)
+        for index in (0, 1):
+            expected = reference(
+                CategoricalScore([index]),
+                loaded.spec.model_input(square[None]),
+                penultimate_layer=loaded.spec.gradcam_layer,
+                seek_penultimate_conv_layer=False,
+            )[0]
+            fast = gradcam._unit_range(compiled(square, index))
+            np.testing.assert_allclose(fast, gradcam._unit_range(np.asarray(expected)), atol=1e-4)
+            nonflat += int(fast.max() > 0)
+    assert nonflat > 0
+
+
 def test_two_logit_model_softmax_equals_probability(loaded_models, image_paths):
     """The explained model's softmax over [-z/2, z/2] is exactly [1 - p, p]."""
     loaded = loaded_models["cnn"]
