@@ -1,9 +1,8 @@
 """Model cards and the README's result tables, generated from the models' typed artifacts and ``bench/bench.json``.
 
 :func:`render_card` writes a model card from a model's :class:`~pneumo_core.artifacts.ModelConfig` and
-:class:`~pneumo_core.artifacts.ModelMetrics`. The README tables sit between ``<!-- metrics:start -->``/
-``<!-- metrics:end -->``, ``<!-- bench:start -->``/``<!-- bench:end -->`` and ``<!-- robustness:start -->``/
-``<!-- robustness:end -->`` markers; nothing in them is typed by hand.
+:class:`~pneumo_core.artifacts.ModelMetrics`. The README tables sit between ``<!-- NAME:start -->`` and
+``<!-- NAME:end -->`` markers (NAME: metrics, robustness, subtype, bench); nothing in them is typed by hand.
 
 Usage:
     python -m pneumo_core report --readme README.md
@@ -172,6 +171,36 @@ def robustness_table(models_dir: Path) -> str:
     return "\n".join(_table(ROBUSTNESS_HEADER, rows))
 
 
+SUBTYPE_HEADER = ("model", "pneumonia images", "bacterial vs viral: ROC AUC", "accuracy", "ECE")
+SUBTYPE_HEADER += ("outside the uncertain band: share / accuracy", "3 classes: accuracy", "macro ROC AUC")
+
+
+def subtype_table(models_dir: Path) -> str:
+    """Markdown table of every shipped model's bacterial-vs-viral head (``subtype.json``, internal test split)."""
+    from pneumo_core.subtype import read_subtype_settings
+
+    rows = []
+    for name, directory in shipped_model_dirs(models_dir).items():
+        settings = read_subtype_settings(directory)
+        if settings is None or settings.test is None:
+            rows.append([f"`{name}`", "no head", *[""] * (len(SUBTYPE_HEADER) - 2)])
+            continue
+        pneumonia, three = settings.test.pneumonia, settings.test.three_class
+        rows.append(
+            [
+                f"`{name}`",
+                f"{pneumonia.n} ({pneumonia.n_bacteria} bacterial, {pneumonia.n_virus} viral)",
+                _fmt(pneumonia.roc_auc),
+                _fmt(pneumonia.accuracy),
+                _fmt(pneumonia.ece),
+                f"{_pct(pneumonia.confident_share)} / {_fmt(pneumonia.confident_accuracy)}",
+                _fmt(three.accuracy),
+                _fmt(three.macro_roc_auc),
+            ]
+        )
+    return "\n".join(_table(SUBTYPE_HEADER, rows))
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
@@ -199,6 +228,7 @@ def update_readme(readme: Path, models_dir: Path) -> None:
     text = replace_block(text, "metrics", metrics_table(models_dir))
     text = replace_block(text, "bench", bench_table())
     text = replace_block(text, "robustness", robustness_table(models_dir))
+    text = replace_block(text, "subtype", subtype_table(models_dir))
     readme.write_text(text)
     print(f"updated {readme}")
 

@@ -152,6 +152,18 @@ def test_fitted_head_is_sealed_and_on_the_card(subtype_models):
     assert read_subtype_settings(subtype_models / "mlp") is None
 
 
+def test_readme_table_summarises_each_head(subtype_models):
+    """The README's subtype block has the head's test figures, and says so of a model without a head."""
+    from pneumo_core.report import subtype_table
+
+    table = subtype_table(subtype_models)
+    test = read_subtype_settings(subtype_models / "cnn").test
+    assert test is not None
+    counts = test.pneumonia
+    assert f"| `cnn` | {counts.n} ({counts.n_bacteria} bacterial, {counts.n_virus} viral) |" in table
+    assert "| `mlp` | no head |" in table
+
+
 def test_tampered_subtype_json_is_refused(subtype_models, tmp_path):
     """An edited subtype.json makes the model refuse to load, with or without SHA256SUMS rewritten by hand."""
     copy = tmp_path / "cnn"
