@@ -131,7 +131,7 @@ if reading.subtype is not None:
 # --- Heatmap ------------------------------------------------------------------------------------
 st.subheader("Where the model looked")
 methods = methods_for(reader.loaded)
-settings = st.columns([2, 2, 2, 3])
+settings = st.columns([2, 2, 2, 4])
 method = settings[0].selectbox("Method", methods, key=f"method_{len(methods)}")
 colormap = settings[1].selectbox("Colormap", list(COLORMAPS), key="colormap")
 opacity = settings[2].slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
