@@ -59,11 +59,11 @@ def keep_keras_state_across_reruns() -> None:
 
     After each run Streamlit calls ``keras.backend.clear_session()`` when Keras is imported: a full
     garbage collection of TensorFlow's heap and a reset of its kernel caches, on the script thread,
-    while other sessions' models run. Under load (10 sessions on 2 cores) that was the server's single
+    while other sessions' models run. Under load (10 sessions on 2 cores) that was the server's
     largest cost after the models themselves. The models here are built once and shared, so there is
-    no per-run Keras state to clear. Matplotlib's figures are still closed, as Streamlit does. Process-wide and
-    idempotent. It replaces a private Streamlit function (1.67); ``tests/test_load.py`` fails when
-    Streamlit changes it.
+    no per-run Keras state to clear. Matplotlib's figures are still closed, as Streamlit does.
+    Process-wide and idempotent. It replaces a private Streamlit function (1.67);
+    ``tests/test_load.py`` fails when Streamlit changes it.
     """
     from streamlit.runtime.scriptrunner import script_runner
 

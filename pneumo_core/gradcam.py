@@ -71,19 +71,20 @@ def two_logit_model(model: keras.Model) -> keras.Model:
     return keras.Model(linear.inputs, pair, name=f"{model.name}_explain")
 
 
-def _visualizers(explain_model: keras.Model) -> dict:
-    """Every heatmap method of tf-keras-vis on a model whose output is two logits."""
-    from tf_keras_vis.gradcam import Gradcam
+def _visualizers(explain_model: keras.Model, spec: ModelSpec) -> dict:
+    """Every heatmap method on a model whose output is two logits: the compiled Grad-CAM, the rest tf-keras-vis's."""
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
     from tf_keras_vis.saliency import Saliency
     from tf_keras_vis.scorecam import Scorecam
 
-    return {
-        "Grad-CAM": Gradcam(explain_model, clone=False),
+    visualizers = {
         "Grad-CAM++": GradcamPlusPlus(explain_model, clone=False),
         "Faster-ScoreCAM": Scorecam(explain_model, clone=False),
         SALIENCY_METHOD: Saliency(explain_model, clone=False),
     }
+    if spec.gradcam_layer:
+        visualizers["Grad-CAM"] = compiled_gradcam(explain_model, spec)
+    return visualizers
 
 
 def compiled_gradcam(explain_model: keras.Model, spec: ModelSpec) -> Callable[[np.ndarray, int], np.ndarray]:
@@ -136,10 +137,7 @@ class Explainer:
     def __init__(self, loaded: LoadedModel, subtype: SubtypeHead | None = None) -> None:
         self.loaded = loaded
         self.subtype = subtype
-        explain_model = two_logit_model(loaded.model)
-        self._visualizers = _visualizers(explain_model)
-        if loaded.spec.gradcam_layer:
-            self._visualizers["Grad-CAM"] = compiled_gradcam(explain_model, loaded.spec)
+        self._visualizers = _visualizers(two_logit_model(loaded.model), loaded.spec)
         self._subtype_visualizers = None
         self._subtype_lock = threading.Lock()
 
@@ -154,9 +152,7 @@ class Explainer:
             raise ValueError(f"Cannot explain {target_class!r} with {self.loaded.spec.name}; use one of {known}.")
         with self._subtype_lock:
             if self._subtype_visualizers is None:
-                explain_model = self.subtype.explain_model()
-                self._subtype_visualizers = _visualizers(explain_model)
-                self._subtype_visualizers["Grad-CAM"] = compiled_gradcam(explain_model, self.loaded.spec)
+                self._subtype_visualizers = _visualizers(self.subtype.explain_model(), self.loaded.spec)
         return self._subtype_visualizers, EXPLAIN_TARGETS[target_class]
 
     def heatmap(self, square: np.ndarray, method: str, target_class: int | str) -> np.ndarray:
