@@ -13,7 +13,7 @@ Usage:
     python -m pneumo_core candidate --model NAME --candidate DIR --label TEXT
     python -m pneumo_core fit-gate --model NAME --data DIR [--models-dir models/] [--split-file FILE] [--no-figures]
     python -m pneumo_core fit-subtype --model NAME --data DIR [--models-dir models/] [--split-file FILE]
-    python -m pneumo_core robustness --model NAME [--data DIR] [--split-file F] [--out FILE] [--limit N]
+    python -m pneumo_core robustness --model NAME [--data DIR] [--split-file F] [--split test|val] [--out FILE]
 """
 
 from __future__ import annotations
@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="write here (needed unless measuring the whole internal test split)"
     )
     robustness.add_argument("--limit", type=_positive_int, help="measure a random subset of this many images")
+    robustness.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="internal split measured: test (reported; robustness.json) or val (for choosing; robustness_val.json)",
+    )
 
     report = commands.add_parser(
         "report", help="regenerate the model cards and README tables from metrics.json and bench.json"
@@ -373,7 +379,7 @@ def run_robustness(args) -> int:
 
     directory = _shipped_dir(args.model, args.models_dir)
     trained_on = read_model_dir(directory).config.data.split_hash
-    selection = robustness.select_images(args.data, args.split_file, trained_on, args.limit)
+    selection = robustness.select_images(args.data, args.split_file, trained_on, args.limit, split=args.split)
     target = robustness.destination(directory, selection, args.out)  # Refuse before loading the model.
     loaded = _load(args.model, args.models_dir)
     print(f"{args.model}: {len(selection.paths)} images ({selection.source.description})", file=sys.stderr)

@@ -1,10 +1,11 @@
 """Should a retrained model replace the shipped one? Validation and robustness, side by side.
 
 A candidate (for example cnn retrained with the best settings of its hyper-parameter search) replaces
-the shipped model only if it is better on the validation split AND no less robust: its validation
+the shipped model only if it is better on the validation split AND no less robust there: its validation
 ROC AUC is higher, and both its framing +-10 % flip rate and its mean flip rate over every
-perturbation are no higher than the shipped model's. The internal test split plays no part. Both
-directories need ``metrics.json`` and ``robustness.json`` (``python -m pneumo_core robustness``).
+perturbation, measured on the validation split's images, are no higher than the shipped model's. The
+internal test split plays no part. Both directories need ``metrics.json`` and ``robustness_val.json``
+(``python -m pneumo_core robustness --split val``).
 The verdict is written next to the shipped model (``candidate.json``, sealed) and shown on its card.
 
 Usage:
@@ -16,27 +17,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from pneumo_core import artifacts
-from pneumo_core.robustness import FRAMING_10, read_robustness
+from pneumo_core.robustness import FRAMING_10, VALIDATION_ROBUSTNESS_FILE, read_robustness
 
 CANDIDATE_FILE = "candidate.json"
 RULE = (
     "Replace the shipped model only if the candidate's validation ROC AUC is higher and its framing +-10 % "
-    "flip rate and mean flip rate over all perturbations are no higher (internal test split not used)."
+    "flip rate and mean flip rate over all perturbations, on the validation split, are no higher (internal test "
+    "split not used)."
 )
 
 
 def model_figures(directory: Path) -> dict:
-    """Validation ROC AUC, sensitivity, specificity and ECE, and the robustness figures of one model directory.
+    """Validation ROC AUC, sensitivity, specificity and ECE, and the validation split's robustness figures.
 
     Raises:
-        ValueError: If the directory has no robustness.json (measure it first).
+        ValueError: If the directory has no robustness_val.json (measure it first).
     """
     found = artifacts.read_model_dir(directory)
-    robustness = read_robustness(directory)
+    robustness = read_robustness(directory, split="val")
     if robustness is None:
         raise ValueError(
-            f"{artifacts.repo_relative(directory)} has no robustness.json: run "
-            "`python -m pneumo_core robustness` on it first."
+            f"{artifacts.repo_relative(directory)} has no {VALIDATION_ROBUSTNESS_FILE}: run "
+            "`python -m pneumo_core robustness --split val` on it first."
         )
     validation = found.metrics.validation
     framing = [item.flip_rate for item in robustness.perturbations if item.name in FRAMING_10]
@@ -93,9 +95,9 @@ def candidate_markdown(payload: dict) -> str:
     rows = [
         ("validation ROC AUC", "validation", "roc_auc", "{:.4f}"),
         ("validation specificity", "validation", "specificity", "{:.3f}"),
-        ("framing +-10 %: largest flip rate", "robustness", "framing_10_max_flip_rate", "{:.1%}"),
-        ("mean flip rate (all perturbations)", "robustness", "mean_flip_rate", "{:.1%}"),
-        ("ECE under shift", "robustness", "ece_under_shift", "{:.3f}"),
+        ("validation images, framing +-10 %: largest flip rate", "robustness", "framing_10_max_flip_rate", "{:.1%}"),
+        ("validation images: mean flip rate (all perturbations)", "robustness", "mean_flip_rate", "{:.1%}"),
+        ("validation images: ECE under shift", "robustness", "ece_under_shift", "{:.3f}"),
     ]
     table = "\n".join(
         f"| {name} | {fmt.format(payload['shipped'][group][key])} | {fmt.format(payload['candidate'][group][key])} |"

@@ -23,6 +23,7 @@ replicated edges (squeeze) to the original width, so the chest's proportions in 
 
 Usage:
     python -m pneumo_core robustness --model cnn --data DIR          # internal test split -> models/cnn/robustness.json
+    python -m pneumo_core robustness --model cnn --data DIR --split val   # -> robustness_val.json, for choosing models
     python -m pneumo_core robustness --model cnn --data other/ --out other_robustness.json
     result = evaluate_robustness(loaded, grays, labels)             # grays: decoded XRay.gray arrays
     result = read_robustness(Path("models/cnn"))                    # None when not measured (no TensorFlow)
@@ -54,7 +55,10 @@ if TYPE_CHECKING:  # Loading a model imports TensorFlow; reading robustness.json
     from pneumo_core.artifacts import LoadedModel
 
 LOGGER = logging.getLogger(__name__)
-ROBUSTNESS_FILE = "robustness.json"
+ROBUSTNESS_FILE = "robustness.json"  # the internal test split: what the cards, the pages and the README report
+VALIDATION_ROBUSTNESS_FILE = "robustness_val.json"  # the validation split: what choosing between models uses
+SPLIT_FILES = {"test": ROBUSTNESS_FILE, "val": VALIDATION_ROBUSTNESS_FILE}
+SPLIT_KINDS = {"test": "internal test split", "val": "internal validation split"}
 SCHEMA_VERSION = 1
 BATCH_SIZE = 32
 WORKERS = 2
@@ -391,7 +395,7 @@ class RobustnessSummary:
 class DataSource:
     """Where the images came from (paths relative to the repository)."""
 
-    kind: str  # "internal test split", "folder" or "in memory"
+    kind: str  # "internal test split", "internal validation split", "folder" or "in memory"
     description: str
     folder: str | None
     split_file: str | None
@@ -654,26 +658,37 @@ class ImageSelection:
     source: DataSource
 
     @property
-    def is_full_internal_test(self) -> bool:
-        """Whether these are all the images of the internal test split (the only ones saved with the model)."""
-        return self.source.kind == "internal test split" and self.source.limit is None
+    def full_internal_split(self) -> str | None:
+        """``"test"`` or ``"val"`` when these are all the images of that internal split, else None."""
+        if self.source.limit is not None:
+            return None
+        return next((split for split, kind in SPLIT_KINDS.items() if kind == self.source.kind), None)
 
 
 def select_images(
-    data_dir: Path, split_file: Path, trained_split_hash: str, limit: int | None = None, seed: int = data.SPLIT_SEED
+    data_dir: Path,
+    split_file: Path,
+    trained_split_hash: str,
+    limit: int | None = None,
+    seed: int = data.SPLIT_SEED,
+    split: str = "test",
 ) -> ImageSelection:
-    """The internal test split when ``data_dir`` holds exactly the split's images, else every image of it.
+    """The internal test (or validation) split when ``data_dir`` holds exactly the split's images, else every image.
 
     Args:
         data_dir: A labelled folder (``NORMAL/`` and ``PNEUMONIA/``, optionally under ``train/``).
         split_file: The patient-grouped split file.
         trained_split_hash: The split hash the model was trained with.
         limit: Measure a random subset (fixed ``seed``) of this many images.
+        seed: The seed of that subset.
+        split: ``"test"`` (what is reported) or ``"val"`` (what choosing between models may use).
 
     Raises:
         RobustnessError: If the split file is not the model's (its test images may be training images).
         ValueError: If the folder holds no images.
     """
+    if split not in SPLIT_KINDS:
+        raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(SPLIT_KINDS)}.")
     records = data.list_images(data_dir)
     saved = data.read_split(split_file) if split_file.is_file() else None
     in_split = None if saved is None else records.merge(saved[["file", "label", "split"]], on=["file", "label"])
@@ -685,9 +700,9 @@ def select_images(
                 f"{split_file.name} is not the split this model was trained with (its sha256 differs), so its test "
                 "images may be training images. Pass the model's split file, or measure another folder with --out."
             )
-        chosen = in_split[in_split["split"] == "test"]
-        kind, folder_hash = "internal test split", split_hash
-        description = f"internal test split (split sha256 {split_hash[:12]})"
+        chosen = in_split[in_split["split"] == split]
+        kind, folder_hash = SPLIT_KINDS[split], split_hash
+        description = f"{kind} (split sha256 {split_hash[:12]})"
     else:
         chosen, kind, folder_hash = records, "folder", None
         description = f"every image of {artifacts.repo_relative(data_dir)}"
@@ -737,38 +752,42 @@ def measure(
 
 
 def destination(model_dir: Path, selection: ImageSelection, out: Path | None) -> Path:
-    """Where the result goes: ``out``, else ``models/NAME/robustness.json`` for the full internal test split.
+    """Where the result goes: ``out``, else the model's own file for a full internal split.
+
+    That is ``robustness.json`` for the internal test split and ``robustness_val.json`` for the validation split.
 
     Raises:
-        RobustnessError: When nothing says where to write, or ``out`` would overwrite the model's
-            ``robustness.json`` with figures that are not the full internal test split's.
+        RobustnessError: When nothing says where to write, or ``out`` would overwrite one of the model's own
+            files with figures that are not that full internal split's.
     """
-    own = (model_dir / ROBUSTNESS_FILE).resolve()
+    split = selection.full_internal_split
     if out is None:
-        if not selection.is_full_internal_test:
+        if split is None:
             raise RobustnessError(
-                f"These images are not the full internal test split ({selection.source.description}): "
-                f"pass --out FILE; models/{model_dir.name}/{ROBUSTNESS_FILE} holds the internal test split's "
-                "figures only."
+                f"These images are not a full internal split ({selection.source.description}): pass --out FILE; "
+                f"models/{model_dir.name}/{ROBUSTNESS_FILE} and {VALIDATION_ROBUSTNESS_FILE} hold the internal "
+                "test and validation splits' figures only."
             )
-        return own
-    if out.resolve() == own and not selection.is_full_internal_test:
+        return model_dir / SPLIT_FILES[split]
+    own = {(model_dir / name).resolve(): name for name in SPLIT_FILES.values()}
+    if out.resolve() in own and (split is None or own[out.resolve()] != SPLIT_FILES[split]):
         raise RobustnessError(
-            f"Not overwriting models/{model_dir.name}/{ROBUSTNESS_FILE} with figures of other images."
+            f"Not overwriting models/{model_dir.name}/{own[out.resolve()]} with figures of other images."
         )
     return out
 
 
 def save_robustness(result: RobustnessResult, path: Path, model_dir: Path) -> Path:
-    """Write ``result`` to ``path``; when that is the model's own ``robustness.json``, re-seal the model directory.
+    """Write ``result`` to ``path``; when that is one of the model's own files, re-seal the model directory.
 
     Raises:
         ModelRefused: If the model directory no longer matches its seal (nothing is blessed by sealing).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(path, result)
-    if path.resolve() == (model_dir / ROBUSTNESS_FILE).resolve():
-        artifacts.seal(model_dir, updated=[ROBUSTNESS_FILE])
+    own = {(model_dir / name).resolve(): name for name in SPLIT_FILES.values()}
+    if path.resolve() in own:
+        artifacts.seal(model_dir, updated=[own[path.resolve()]])
     return path
 
 
@@ -790,16 +809,16 @@ def progress_lines(result: RobustnessResult) -> list[str]:
 # --- Reading and presenting (no TensorFlow) ----------------------------------------------------------
 
 
-def read_robustness(directory: Path) -> RobustnessResult | None:
-    """``robustness.json`` of a (verified) model directory, or None when the model was not measured.
+def read_robustness(directory: Path, split: str = "test") -> RobustnessResult | None:
+    """``robustness.json`` (``split="val"``: ``robustness_val.json``) of a verified model directory, or None.
 
     Raises:
         ModelRefused: If the file is malformed or was measured on another model file.
     """
-    path = Path(directory) / ROBUSTNESS_FILE
+    path = Path(directory) / SPLIT_FILES[split]
     if not path.is_file():
         return None
-    where = f"models/{Path(directory).name}/{ROBUSTNESS_FILE}"
+    where = f"models/{Path(directory).name}/{SPLIT_FILES[split]}"
     try:
         result = artifacts.from_json(RobustnessResult, artifacts.read_json(path))
     except ValueError as error:

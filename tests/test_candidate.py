@@ -32,4 +32,4 @@ def test_the_card_section_names_the_failed_checks_and_shows_both_models():
     payload = {"label": "tuned", "rule": "RULE.", "shipped": shipped, "candidate": candidate}
     text = candidate_markdown({**payload, **verdict(shipped, candidate)})
     assert "It was not shipped." in text and "framing +-10 % flip rate no higher" in text
-    assert "| framing +-10 %: largest flip rate | 18.0% | 34.0% |" in text
+    assert "| validation images, framing +-10 %: largest flip rate | 18.0% | 34.0% |" in text

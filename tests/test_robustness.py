@@ -28,6 +28,7 @@ from pneumo_core.robustness import (
     FRAMING_10,
     GAMMA_RANGE,
     ROBUSTNESS_FILE,
+    VALIDATION_ROBUSTNESS_FILE,
     Figures,
     Perturbation,
     PerturbationResult,
@@ -317,6 +318,25 @@ def test_cli_writes_a_sealed_robustness_json(measured_models_dir, trained_models
     assert result.seconds > 0 and len(result.summary.criteria) == 6
     assert not any(value.startswith("/") for value in (result.data.folder, result.data.split_file))
     assert read_robustness(measured_models_dir / "mlp") is None
+
+
+def test_cli_measures_the_validation_split_for_choosing_models(
+    measured_models_dir, trained_models_dir, synthetic_dataset, tmp_path
+):
+    """--split val writes the sealed robustness_val.json of the validation images, beside the test split's file."""
+    models_dir = tmp_path / "models"
+    shutil.copytree(measured_models_dir / "cnn", models_dir / "cnn")
+    argv = ["robustness", "--model", "cnn", "--data", str(synthetic_dataset), "--models-dir", str(models_dir)]
+    split = ["--split-file", str(trained_models_dir.parent / "split.csv")]
+    assert main([*argv, *split, "--split", "val"]) == 0
+    directory = models_dir / "cnn"
+    loaded = artifacts.load_model_dir(directory)
+    assert {ROBUSTNESS_FILE, VALIDATION_ROBUSTNESS_FILE} <= set(loaded.config.checksums)
+    validation, test = read_robustness(directory, split="val"), read_robustness(directory)
+    assert validation.data.kind == "internal validation split"
+    assert validation.n == loaded.config.data.split_sizes["val"]
+    assert test.data.kind == "internal test split"
+    assert main([*argv, *split, "--split", "val", "--out", str(directory / ROBUSTNESS_FILE)]) == 2
 
 
 def test_cli_on_another_folder_needs_out_and_keeps_the_model_dir(measured_models_dir, synthetic_dataset, tmp_path):
