@@ -10,7 +10,12 @@ for it resetting Keras after every run.
 
 import streamlit as st
 
-from pages.common import keep_keras_state_across_reruns, keep_upload_replies_across_reruns, start_warm_up
+from pages.common import (
+    keep_keras_state_across_reruns,
+    keep_upload_replies_across_reruns,
+    mark_app_entry,
+    start_warm_up,
+)
 
 keep_upload_replies_across_reruns()  # Process-wide and idempotent; see its docstring.
 keep_keras_state_across_reruns()  # Idem: no Keras reset (a full garbage collection) after every run.
@@ -41,6 +46,7 @@ navigation = st.navigation(
         st.Page("pages/cards.py", title="Model cards", icon=":material/description:"),
     ]
 )
+mark_app_entry()  # Each page checks it (pages.common.require_app_entry): no page bypasses sign-in.
 try:
     navigation.run()
 finally:  # After the first page is drawn: its imports would otherwise wait behind TensorFlow's for the GIL.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import get_catalog, get_reader, session_memo
+from pages.common import get_catalog, get_reader, require_app_entry, session_memo
 from pneumo_core.archive import ArchiveRefused
 from pneumo_core.batch_scoring import csv_bytes, local_validation, results_table, score, upload_batch
 from pneumo_core.catalog import best_model
@@ -12,6 +12,8 @@ from pneumo_core.diagnosis import disclaimer, operating_facts, percent
 from pneumo_core.imaging import MAX_UPLOAD_MB
 from pneumo_core.local_validation import LabelsError, local_confusion_figure, local_roc_figure, metrics_table
 from pneumo_core.serving import WORK_QUEUE
+
+require_app_entry()  # Before anything is drawn: pages are reached through app.py only.
 
 st.title("Many X-rays at once")
 

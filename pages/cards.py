@@ -6,8 +6,10 @@ import re
 
 import streamlit as st
 
-from pages.common import get_catalog
+from pages.common import get_catalog, require_app_entry
 from pneumo_core.artifacts import CARD_FILE
+
+require_app_entry()  # Before anything is drawn: pages are reached through app.py only.
 
 st.title("Model cards")
 entries = get_catalog()

@@ -22,6 +22,34 @@ T = TypeVar("T")
 _LOGGER = logging.getLogger(__name__)
 
 
+APP_ENTRY_KEY = "_through_app"  # Session state: this session has passed app.py's sign-in and navigation.
+
+
+def mark_app_entry() -> None:
+    """Record that this session reached its page through ``app.py`` (call it right before ``navigation.run()``)."""
+    st.session_state[APP_ENTRY_KEY] = True
+
+
+def require_app_entry() -> None:
+    """Rerun through ``app.py`` when Streamlit ran this page file directly; every page calls it first.
+
+    A folder named ``pages/`` next to ``app.py`` puts a fresh server in Streamlit's old multipage mode
+    until ``app.py`` has once called ``st.navigation``: until then a visitor who opens a page's own
+    address (``/compare``) gets that file run on its own, without ``app.py``'s sign-in, and a sidebar
+    listing every file of ``pages/``. This switches the server to ``st.navigation`` and reruns, so the
+    page is reached through ``app.py``. A page run as the main script (AppTest) is left alone, and so is
+    a session that has been through ``app.py`` (AppTest runs later reruns of a page directly).
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    context = get_script_run_ctx()
+    if context is None or Path(context.main_script_path).name != "app.py" or st.session_state.get(APP_ENTRY_KEY):
+        return
+    PagesManager.uses_pages_directory = False
+    st.rerun()
+
+
 def keep_upload_replies_across_reruns() -> None:
     """Stop Streamlit from dropping the upload URLs it owes a browser when a script run starts.
 

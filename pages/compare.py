@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import get_catalog
+from pages.common import get_catalog, require_app_entry
 from pneumo_core.catalog import models_dir
 from pneumo_core.figures import (
     best_per_column,
@@ -25,6 +25,8 @@ from pneumo_core.subtype_figures import (
     three_class_confusion_figure,
 )
 from pneumo_core.tuning_figures import parallel_coordinates_figure, read_tuning, tuning_caption, tuning_table
+
+require_app_entry()  # Before anything is drawn: pages are reached through app.py only.
 
 st.title("Compare models")
 entries = get_catalog()

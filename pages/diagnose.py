@@ -6,7 +6,7 @@ import hashlib
 
 import streamlit as st
 
-from pages.common import get_catalog, get_reader, session_memo, shared_reading, shared_result
+from pages.common import get_catalog, get_reader, require_app_entry, session_memo, shared_reading, shared_result
 from pneumo_core.artifacts import ModelRefused
 from pneumo_core.case_report import render_case_report
 from pneumo_core.catalog import best_model
@@ -24,6 +24,8 @@ from pneumo_core.diagnosis import (
 from pneumo_core.gradcam import COLORMAPS, colour_bar, display_pair, methods_for
 from pneumo_core.imaging import MAX_UPLOAD_MB, ImageRejected, png_bytes, read_xray
 from pneumo_core.subtype import EXPLAIN_TITLES, subtype_caveat, subtype_summary
+
+require_app_entry()  # Before anything is drawn: pages are reached through app.py only.
 
 st.title("Pneumonia check on a chest X-ray")
 

@@ -160,3 +160,24 @@ def test_pdf_report_downloads_from_the_diagnose_page(browser, server):
         text = check_case_report(data, model="cnn", label=shown)
         assert SAMPLE.name not in text and SAMPLE.stem not in text
         assert_no_exception(page)
+
+
+def test_a_fresh_servers_first_visitor_on_a_page_address_goes_through_the_app(browser, trained_models_dir):
+    """Opening /compare first on a fresh server runs the page through app.py: its navigation, no file listing.
+
+    (Streamlit alone runs pages/compare.py on its own there, without app.py's sign-in, and lists every file
+    of pages/ in the sidebar; see pages.common.require_app_entry.)
+    """
+    with streamlit_server(trained_models_dir, "deep_link_server.log") as fresh:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            page.goto(fresh.url + "/compare")
+            page.get_by_role("heading", name="Compare models").first.wait_for(timeout=RESULT_TIMEOUT_MS)
+            navigation = page.get_by_test_id("stSidebarNav")
+            navigation.get_by_text("Model cards").wait_for()
+            assert "common" not in navigation.inner_text()
+            assert_no_exception(page)
+        finally:
+            save_screenshot(page, "deep_link_compare")
+            context.close()
