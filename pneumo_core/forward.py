@@ -35,7 +35,8 @@ def compiled_forward(model, spec: ModelSpec) -> Callable[[np.ndarray], np.ndarra
     size = spec.input_size
     signature = [tf.TensorSpec(shape=[None, size, size], dtype=tf.uint8, name="squares")]
 
-    @tf.function(input_signature=signature)
+    # No autograph: it parses source with ast, and concurrent ast.parse can fail in CPython 3.11.7.
+    @tf.function(input_signature=signature, autograph=False)
     def forward(squares):
         return model(spec.preprocess(squares[..., None]), training=False)
 

@@ -110,7 +110,8 @@ def compiled_gradcam(explain_model: keras.Model, spec: ModelSpec) -> Callable[[n
     size = spec.input_size
     signature = [tf.TensorSpec([size, size], tf.uint8, name="square"), tf.TensorSpec([], tf.int32, name="index")]
 
-    @tf.function(input_signature=signature)
+    # No autograph: it parses source with ast, and concurrent ast.parse can fail in CPython 3.11.7.
+    @tf.function(input_signature=signature, autograph=False)
     def conv_map(square, index):
         model_input = spec.preprocess(square[None, ..., None])
         with tf.GradientTape() as tape:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -168,7 +169,9 @@ def run_client_load(url: str, images: list[Path], model: str, timeout_s: float =
         ``sessions``, ``done`` (sessions that got both the reading and the heatmap), each failed
         session's error, and percentiles of the reading and heatmap latency from the model switch.
     """
-    results = asyncio.run(_run(url, images, model, timeout_s))
+    # A thread of its own: the suite's synchronous Playwright keeps an event loop running in this one.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        results = pool.submit(asyncio.run, _run(url, images, model, timeout_s)).result()
     return {
         "sessions": len(images),
         "model": model,
