@@ -769,12 +769,15 @@ def destination(model_dir: Path, selection: ImageSelection, out: Path | None) ->
                 "test and validation splits' figures only."
             )
         return model_dir / SPLIT_FILES[split]
-    own = {(model_dir / name).resolve(): name for name in SPLIT_FILES.values()}
-    if out.resolve() in own and (split is None or own[out.resolve()] != SPLIT_FILES[split]):
-        raise RobustnessError(
-            f"Not overwriting models/{model_dir.name}/{own[out.resolve()]} with figures of other images."
-        )
+    own = own_file(model_dir, out)
+    if own is not None and (split is None or own != SPLIT_FILES[split]):
+        raise RobustnessError(f"Not overwriting models/{model_dir.name}/{own} with figures of other images.")
     return out
+
+
+def own_file(model_dir: Path, path: Path) -> str | None:
+    """The name of the model's own robustness file ``path`` is (``robustness.json`` or ``robustness_val.json``)."""
+    return next((name for name in SPLIT_FILES.values() if (model_dir / name).resolve() == path.resolve()), None)
 
 
 def save_robustness(result: RobustnessResult, path: Path, model_dir: Path) -> Path:
@@ -785,9 +788,9 @@ def save_robustness(result: RobustnessResult, path: Path, model_dir: Path) -> Pa
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(path, result)
-    own = {(model_dir / name).resolve(): name for name in SPLIT_FILES.values()}
-    if path.resolve() in own:
-        artifacts.seal(model_dir, updated=[own[path.resolve()]])
+    own = own_file(model_dir, path)
+    if own is not None:
+        artifacts.seal(model_dir, updated=[own])
     return path
 
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 import websockets
-from load_driver import READING_LABEL, percentiles, values
+from load_driver import READING_LABEL, percentiles, run_on_own_thread, values
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from streamlit.proto.WidgetStates_pb2 import WidgetState
@@ -169,9 +168,7 @@ def run_client_load(url: str, images: list[Path], model: str, timeout_s: float =
         ``sessions``, ``done`` (sessions that got both the reading and the heatmap), each failed
         session's error, and percentiles of the reading and heatmap latency from the model switch.
     """
-    # A thread of its own: the suite's synchronous Playwright keeps an event loop running in this one.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        results = pool.submit(asyncio.run, _run(url, images, model, timeout_s)).result()
+    results = run_on_own_thread(_run(url, images, model, timeout_s))
     return {
         "sessions": len(images),
         "model": model,

@@ -21,6 +21,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -161,14 +162,20 @@ async def _run(url: str, images: list[Path], model: str, timeout_s: float) -> li
             await browser.close()
 
 
-def _run_browsers_niced(sessions) -> list[dict]:
-    """Run the sessions from this thread at nice :data:`BROWSER_NICE`, which the browsers it starts inherit.
+def run_on_own_thread(sessions: Coroutine, niceness: int = 0) -> list[dict]:
+    """Run ``sessions`` to completion in a new event loop on a thread of its own, at ``niceness``.
 
-    The browsers stand in for the doctors' own machines; niced, they still share the server's cores, but
-    take them only when the server does not need them (Linux: niceness is per thread and inherited).
+    A thread of its own: the suite's synchronous Playwright keeps an event loop running in the caller's.
+    Processes started from that thread (the browsers) inherit its niceness (Linux: per thread).
     """
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BROWSER_NICE)
-    return asyncio.run(sessions)
+
+    def run() -> list[dict]:
+        if niceness:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        return asyncio.run(sessions)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -208,9 +215,8 @@ def run_load(url: str, image: Path, sessions: int, model: str, server_pid: int, 
     """
     with tempfile.TemporaryDirectory() as folder:
         images = distinct_copies(image, sessions, Path(folder))
-        # A thread of its own: the suite's synchronous Playwright keeps an event loop running in this one.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            results = pool.submit(_run_browsers_niced, _run(url, images, model, timeout_s)).result()
+        # Niced, the browsers (stand-ins for the doctors' own machines) take the cores the server does not need.
+        results = run_on_own_thread(_run(url, images, model, timeout_s), niceness=BROWSER_NICE)
     return {
         "sessions": sessions,
         "model": model,
