@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment-strength", type=float, default=1.0, help="scales every augmentation range")
     train.add_argument("--fine-tune-from", help="first layer to fine-tune (transfer models); default from the registry")
     train.add_argument("--fine-tune-learning-rate", type=float, help="fine-tuning learning rate (transfer models)")
+    train.add_argument(
+        "--subtype-weight",
+        type=float,
+        default=0.0,
+        help="also train a bacterial-vs-viral output on the pneumonia images with this loss weight (0: off)",
+    )
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model on a folder of images")
     evaluate.add_argument("--model", required=True, choices=model_names())
@@ -206,6 +212,7 @@ def run_train(args) -> int:
         run_dir=str(args.run_dir),
         augment_strength=args.augment_strength,
         augment=args.augment,
+        subtype_weight=args.subtype_weight,
     )
     if args.params is not None:
         resolved = with_params_file(resolved, spec, args.params)

@@ -116,6 +116,7 @@ class TrainArgs:
     augment: str = "basic"  # augmentation policy (pneumo_core.augment)
     model_params: dict[str, int | float] = field(default_factory=dict)  # builder keywords (tuned values)
     params_file: str | None = None  # the tuning.json the hyper-parameters came from
+    subtype_weight: float = 0.0  # weight of the bacterial-vs-viral loss trained jointly (0: binary loss only)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from pneumo_core.registry import ModelSpec
 from pneumo_core.report import render_card
 
 LOGGER = logging.getLogger(__name__)
+SUBTYPE_OUTPUT = "subtype"  # the joint training's second output (see with_subtype_output); never saved
 
 # Who the training images come from, recorded in every model's config.json (the app and the card read it there).
 KERMANY_POPULATION = artifacts.Population(
@@ -80,22 +81,26 @@ def with_params_file(args: TrainArgs, spec: ModelSpec, path: Path) -> TrainArgs:
 
 def make_dataset(
     squares: np.ndarray,
-    targets: np.ndarray,
+    targets: np.ndarray | dict[str, np.ndarray],
     spec: ModelSpec,
     batch_size: int,
     augment_seed: int | None,
     augment_strength: float = 1.0,
     augment_policy: str = "basic",
+    sample_weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Batched tf.data pipeline with caching and prefetch; shuffles when ``augment_seed`` is set
     and then also augments with ``augment_policy`` (see :mod:`pneumo_core.augment`), unless
-    ``augment_strength`` is 0."""
+    ``augment_strength`` is 0. ``targets`` is one array, or one array per output of a joint model;
+    ``sample_weights``, when given, rides along as the third element of each batch."""
     if augment_policy not in AUGMENT_POLICIES:
         raise ValueError(
             f"Unknown augmentation policy {augment_policy!r}; choose one of {', '.join(AUGMENT_POLICIES)}."
         )
-    images = tf.data.Dataset.from_tensor_slices((squares[..., None], targets.astype("float32")))
-    images = images.cache()
+    as_float = tf.nest.map_structure(lambda array: np.asarray(array, dtype="float32"), targets)
+    weights = () if sample_weights is None else (sample_weights,)
+    elements = (squares[..., None], as_float, *weights)
+    images = tf.data.Dataset.from_tensor_slices(elements).cache()
     if augment_seed is not None:
         images = images.shuffle(len(squares), seed=augment_seed, reshuffle_each_iteration=True)
     images = images.batch(batch_size)
@@ -104,22 +109,22 @@ def make_dataset(
             augmentation(augment_policy, spec.input_size, augment_seed, augment_strength),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    return images.map(lambda x, y: (spec.preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+    return images.map(lambda x, *rest: (spec.preprocess(x), *rest), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )
 
 
 def augmentation(policy: str, size: int, seed: int, strength: float):
-    """The tf.data map function of an augmentation policy, on batches of uint8 squares."""
+    """The tf.data map function of an augmentation policy, on batches of uint8 squares (targets pass through)."""
     if policy == "basic":
         augment = keras_augmenter(seed, strength)
-        return lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y)
+        return lambda x, *rest: (augment(tf.cast(x, tf.float32), training=True), *rest)
     robust = robust_augmenter(size, seed, strength)
 
-    def augment_batch(x, y):
+    def augment_batch(x, *rest):
         out = tf.numpy_function(lambda batch: augment_squares(robust, batch), [x], tf.uint8, stateful=True)
         out.set_shape(x.shape)
-        return out, y
+        return out, *rest
 
     return augment_batch
 
@@ -130,6 +135,53 @@ def class_weights(targets: np.ndarray) -> dict[int, float]:
     if (counts == 0).any():
         raise ValueError(f"Both classes are needed to train; got counts {counts.tolist()}.")
     return {label: float(len(targets) / (2 * count)) for label, count in enumerate(counts)}
+
+
+def subtype_targets(frame: pd.DataFrame) -> np.ndarray:
+    """Targets of the joint subtype output: 1 bacterial, 0 viral, -1 (no loss) for every other image."""
+    subtype = frame["subtype"].to_numpy()
+    return np.select([subtype == "bacteria", subtype == "virus"], [1.0, 0.0], default=-1.0).astype("float32")
+
+
+def joint_targets(labels: np.ndarray, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The targets of both outputs of :func:`with_subtype_output`."""
+    return {OUTPUT_LAYER: labels, SUBTYPE_OUTPUT: subtype_targets(frame)}
+
+
+@keras.saving.register_keras_serializable(package="pneumo_core")
+def masked_subtype_loss(y_true, y_pred):
+    """Binary cross-entropy of P(bacterial) on the pneumonia images only: a target of -1 adds no loss."""
+    mask = keras.ops.cast(y_true[..., 0] >= 0, "float32")
+    return keras.losses.binary_crossentropy(keras.ops.clip(y_true, 0.0, 1.0), y_pred) * mask
+
+
+def with_subtype_output(model: keras.Model) -> keras.Model:
+    """A training twin of ``model`` that shares all its layers and adds a second sigmoid output,
+    P(bacterial | pneumonia), on the features the ``pneumonia`` output reads.
+
+    Only the binary ``model`` is saved; the shared features learn to tell the subtypes apart, and the
+    shipped subtype head is then fitted and calibrated on them (:func:`pneumo_core.subtype.fit_subtype_dir`).
+    """
+    features = model.get_layer(OUTPUT_LAYER).input
+    subtype = layers.Dense(1, activation="sigmoid", name=SUBTYPE_OUTPUT)(features)
+    return keras.Model(model.inputs, {OUTPUT_LAYER: model.output, SUBTYPE_OUTPUT: subtype})
+
+
+def compile_settings(subtype_weight: float) -> dict:
+    """Loss and metrics of :func:`fit_phase`: the binary loss, plus the masked subtype loss when weighted."""
+    binary_metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+    if subtype_weight <= 0:
+        return {"loss": "binary_crossentropy", "metrics": binary_metrics}
+    return {
+        "loss": {OUTPUT_LAYER: "binary_crossentropy", SUBTYPE_OUTPUT: masked_subtype_loss},
+        "loss_weights": {OUTPUT_LAYER: 1.0, SUBTYPE_OUTPUT: subtype_weight},
+        "metrics": {OUTPUT_LAYER: binary_metrics},
+    }
+
+
+def history_key(key: str) -> str:
+    """A joint run's Keras metric name as a binary run names it (``val_pneumonia_auc`` -> ``val_auc``)."""
+    return key.replace(f"{OUTPUT_LAYER}_accuracy", "accuracy").replace(f"{OUTPUT_LAYER}_auc", "auc")
 
 
 def set_trainable(model: keras.Model, first_trainable: str | None) -> None:
@@ -158,11 +210,7 @@ def fit_phase(
         log_file.unlink(missing_ok=True)  # A fresh phase; with a backup, the log holds the epochs run so far.
     else:
         LOGGER.info("Resuming phase %s from %s", phase, backup_dir)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
-    )
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), **compile_settings(args.subtype_weight))
     callbacks = [
         keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor="val_loss", save_best_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True),
@@ -181,7 +229,7 @@ def fit_phase(
     )
     logged = pd.read_csv(log_file)
     return [
-        {"epoch": int(row.pop("epoch")), **{key: float(value) for key, value in row.items()}}
+        {"epoch": int(row.pop("epoch")), **{history_key(key): float(value) for key, value in row.items()}}
         for row in logged.to_dict("records")
     ]
 
@@ -222,12 +270,22 @@ def load_split_frames(args: TrainArgs) -> dict[str, pd.DataFrame]:
     return {name: frame[frame["split"] == name].reset_index(drop=True) for name in ("train", "val", "test")}
 
 
-def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: dict) -> list[dict]:
+def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, frames: dict) -> list[dict]:
     """Fit the model: one phase from scratch, or head then fine-tuning for transfer models.
+
+    With ``args.subtype_weight`` above 0, the model is fitted through :func:`with_subtype_output`,
+    and the class weights become per-image sample weights (Keras takes class weights for one output only).
 
     Returns:
         One row per epoch with the Keras metrics and the phase name.
     """
+    targets = {name: data.labels_of(frame) for name, frame in frames.items()}
+    weights = class_weights(targets["train"])
+    fitted, class_weight, sample_weights = model, weights, None
+    if args.subtype_weight > 0:
+        fitted, class_weight = with_subtype_output(model), None
+        sample_weights = np.array([weights[label] for label in targets["train"]], dtype="float32")
+        targets = {name: joint_targets(labels, frames[name]) for name, labels in targets.items()}
     train_ds = make_dataset(
         squares["train"],
         targets["train"],
@@ -236,11 +294,11 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
         args.seed,
         augment_strength=args.augment_strength,
         augment_policy=args.augment,
+        sample_weights=sample_weights,
     )
     val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None)
     run_dir = Path(args.run_dir) / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    weights = class_weights(targets["train"])
     phases = [("head" if spec.uses_backbone_weights else "full", args.learning_rate, args.epochs, None)]
     if spec.uses_backbone_weights:
         phases.append(("fine-tune", args.fine_tune_learning_rate, args.fine_tune_epochs, args.fine_tune_from))
@@ -251,7 +309,7 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
         if spec.uses_backbone_weights:
             set_trainable(model, first_trainable)
         rows = fit_phase(
-            model,
+            fitted,
             train_ds,
             val_ds,
             args,
@@ -260,7 +318,7 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
             learning_rate=learning_rate,
             epochs=epochs,
             initial_epoch=len(history),
-            weights=weights,
+            weights=class_weight,
         )
         history += [{**row, "phase": phase} for row in rows]
     return history
@@ -273,7 +331,8 @@ def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: 
     measured (see :func:`pneumo_core.gate_figures.fit_gate_dir`), so a retrained model never keeps
     the gate of the model it replaces. With ``fit_subtype``, the bacterial-vs-viral head is then fitted
     on the new model's frozen features (see :func:`pneumo_core.subtype.fit_subtype_dir`); a split with
-    too few bacterial or viral images leaves the model without one (logged as a warning).
+    too few bacterial or viral images leaves the model without one (logged as a warning). With
+    ``args.subtype_weight`` above 0, those features were trained to tell the subtypes apart as well.
 
     Returns:
         The model directory ``<out>/<name>``.
@@ -289,7 +348,7 @@ def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: 
 
     build_kwargs = {"weights": args.backbone_weights} if spec.uses_backbone_weights else {}
     model = spec.builder(input_size=spec.input_size, channels=spec.channels, **build_kwargs, **args.model_params)
-    history = run_phases(model, spec, args, squares, targets)
+    history = run_phases(model, spec, args, squares, frames)
 
     val_input = spec.model_input(squares["val"])
     calibration = calibrate(model, val_input, targets["val"])

@@ -325,3 +325,25 @@ def test_train_fits_the_subtype_head(synthetic_dataset, tmp_path):
     loaded = artifacts.load_model_dir(tmp_path / "mlp")
     assert set(SUBTYPE_FILES) <= set(loaded.config.checksums)
     assert Reader(loaded).subtype is not None
+
+
+def test_masked_subtype_loss_counts_only_the_pneumonia_images():
+    """A target of -1 (a normal image) adds no loss; 1 and 0 give the usual binary cross-entropy."""
+    from pneumo_core.train import masked_subtype_loss
+
+    predicted = np.array([[0.8], [0.8], [0.8]], dtype="float32")
+    loss = np.asarray(masked_subtype_loss(np.array([[1.0], [0.0], [-1.0]], dtype="float32"), predicted))
+    np.testing.assert_allclose(loss, [-np.log(0.8), -np.log(0.2), 0.0], rtol=1e-4)
+
+
+def test_train_with_a_joint_subtype_loss_saves_the_binary_model(synthetic_dataset, tmp_path):
+    """`train --subtype-weight` fits a second output alongside, then saves the one-output model and its head."""
+    argv = ["train", "--model", "mlp", "--data", str(synthetic_dataset), "--epochs", "2", "--out", str(tmp_path)]
+    argv += ["--run-dir", str(tmp_path / "runs"), "--split-file", str(tmp_path / "split.csv"), "--no-gate"]
+    assert main([*argv, "--subtype-weight", "0.5"]) == 0
+    loaded = artifacts.load_model_dir(tmp_path / "mlp")
+    assert loaded.config.args.subtype_weight == 0.5
+    assert len(loaded.model.outputs) == 1 and "subtype" not in [layer.name for layer in loaded.model.layers]
+    history = json.loads((tmp_path / "mlp" / "history.json").read_text())
+    assert {"auc", "val_auc", "subtype_loss", "val_subtype_loss"} <= set(history[0])
+    assert Reader(loaded).subtype is not None
