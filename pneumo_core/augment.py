@@ -24,7 +24,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-AUGMENT_POLICIES = ("basic", "robust")
+AUGMENT_POLICIES = {  # name: what it does, as the model card says it
+    "basic": "rotations, shifts, zoom, brightness and contrast",
+    "robust": (
+        "anisotropic zoom in and out (black or edge borders), shifts, rotations, gamma, contrast, CLAHE, "
+        "histogram equalisation, blur, noise, downscale-upscale, JPEG re-compression and burned-in markers"
+    ),
+}
 MARKER_TEXTS = ("L", "R", "AP", "PA", "PORTABLE", "SUPINE", "ERECT")
 
 

@@ -19,11 +19,11 @@ from pneumo_core.artifacts import (
     CARD_FILE,
     ModelConfig,
     ModelMetrics,
-    Provenance,
     read_model_dir,
     seal,
     shipped_model_dirs,
 )
+from pneumo_core.augment import AUGMENT_POLICIES
 
 BENCH_FILE = Path(__file__).resolve().parent.parent / "bench" / "bench.json"
 
@@ -278,7 +278,7 @@ Threshold rule: {config.threshold_rule.text}
 Calibration: {calibration.method}, p = sigmoid({calibration.scale:.4f} z + {calibration.shift:.4f}).
 
 ## Training
-{_training_facts(config.provenance, config.parameters)}
+{_training_facts(config)}
 
 {extras}## Limitations
 - Trained and tested on {population.summary};
@@ -327,7 +327,8 @@ def card_sections(directory: Path) -> list[str]:
     return sections
 
 
-def _training_facts(provenance: Provenance, parameters: int) -> str:
+def _training_facts(config: ModelConfig) -> str:
+    provenance, args = config.provenance, config.args
     machine = provenance.machine
     if machine is None:
         where = "a machine that was not recorded"
@@ -335,9 +336,16 @@ def _training_facts(provenance: Provenance, parameters: int) -> str:
         gpus = ", ".join(machine.gpus) or "no GPU"
         where = f"{machine.cpu_cores} CPU cores ({machine.cpu_model or 'CPU model not reported'}), {gpus}"
     libraries = ", ".join(f"{name} {version}" for name, version in provenance.libraries.items())
+    joint = (
+        " Trained jointly with a bacterial-vs-viral output on the pneumonia images"
+        f" (loss weight {args.subtype_weight:g}); that output is not shipped: the subtype head is fitted"
+        " afterwards on the features it shaped."
+        if args.subtype_weight > 0
+        else ""
+    )
     return (
-        f"{provenance.epochs_run} epochs, {parameters:,} parameters, {provenance.training_seconds / 60:.1f} min "
-        f"wall time on {where}; {libraries}."
+        f"{provenance.epochs_run} epochs, {config.parameters:,} parameters, {provenance.training_seconds / 60:.1f} min "
+        f"wall time on {where}; {libraries}. Augmentation ({args.augment}): {AUGMENT_POLICIES[args.augment]}.{joint}"
     )
 
 

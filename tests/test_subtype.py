@@ -346,4 +346,5 @@ def test_train_with_a_joint_subtype_loss_saves_the_binary_model(synthetic_datase
     assert len(loaded.model.outputs) == 1 and "subtype" not in [layer.name for layer in loaded.model.layers]
     history = json.loads((tmp_path / "mlp" / "history.json").read_text())
     assert {"auc", "val_auc", "subtype_loss", "val_subtype_loss"} <= set(history[0])
+    assert "Trained jointly with a bacterial-vs-viral output" in (tmp_path / "mlp" / "card.md").read_text()
     assert Reader(loaded).subtype is not None
