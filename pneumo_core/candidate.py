@@ -3,9 +3,10 @@
 A candidate (for example cnn retrained with the best settings of its hyper-parameter search) replaces
 the shipped model only if it is better on the validation split AND no less robust there: its validation
 ROC AUC is higher, and both its framing +-10 % flip rate and its mean flip rate over every
-perturbation, measured on the validation split's images, are no higher than the shipped model's. The
-internal test split plays no part. Both directories need ``metrics.json`` and ``robustness_val.json``
-(``python -m pneumo_core robustness --split val``).
+perturbation, measured on the validation split's images, are no higher than the shipped model's; and
+when both have a bacterial-vs-viral head, the candidate's tells the subtypes apart no worse on the
+validation split's pneumonia images (ROC AUC). The internal test split plays no part. Both
+directories need ``metrics.json`` and ``robustness_val.json`` (``python -m pneumo_core robustness --split val``).
 The verdict is written next to the shipped model (``candidate.json``, sealed) and shown on its card.
 
 Usage:
@@ -18,12 +19,13 @@ from pathlib import Path
 
 from pneumo_core import artifacts
 from pneumo_core.robustness import FRAMING_10, VALIDATION_ROBUSTNESS_FILE, read_robustness
+from pneumo_core.subtype import read_subtype_settings
 
 CANDIDATE_FILE = "candidate.json"
 RULE = (
     "Replace the shipped model only if the candidate's validation ROC AUC is higher and its framing +-10 % "
-    "flip rate and mean flip rate over all perturbations, on the validation split, are no higher (internal test "
-    "split not used)."
+    "flip rate and mean flip rate over all perturbations, on the validation split, are no higher, and (when both "
+    "have a subtype head) its validation bacterial-vs-viral ROC AUC is no lower (internal test split not used)."
 )
 
 
@@ -60,7 +62,14 @@ def model_figures(directory: Path) -> dict:
             "criteria": len(robustness.summary.criteria),
         },
         "training_seconds": found.config.provenance.training_seconds,
+        "subtype_val_roc_auc": subtype_val_roc_auc(directory),
     }
+
+
+def subtype_val_roc_auc(directory: Path) -> float | None:
+    """The bacterial-vs-viral ROC AUC of the directory's subtype head on the validation split, or None."""
+    settings = read_subtype_settings(directory)
+    return None if settings is None else settings.validation.pneumonia.roc_auc
 
 
 def verdict(shipped: dict, candidate: dict) -> dict:
@@ -72,6 +81,10 @@ def verdict(shipped: dict, candidate: dict) -> dict:
         "mean flip rate no higher": candidate["robustness"]["mean_flip_rate"]
         <= shipped["robustness"]["mean_flip_rate"],
     }
+    if shipped.get("subtype_val_roc_auc") is not None and candidate.get("subtype_val_roc_auc") is not None:
+        checks["bacterial-vs-viral validation ROC AUC no lower"] = (
+            candidate["subtype_val_roc_auc"] >= shipped["subtype_val_roc_auc"]
+        )
     return {"replace": all(checks.values()), "checks": checks}
 
 
@@ -103,6 +116,9 @@ def candidate_markdown(payload: dict) -> str:
         f"| {name} | {fmt.format(payload['shipped'][group][key])} | {fmt.format(payload['candidate'][group][key])} |"
         for name, group, key, fmt in rows
     )
+    subtype = [payload[side].get("subtype_val_roc_auc") for side in ("shipped", "candidate")]
+    if None not in subtype:
+        table += "\n| validation bacterial-vs-viral ROC AUC | {:.4f} | {:.4f} |".format(*subtype)
     outcome = "It replaced the shipped model." if payload["replace"] else "It was not shipped."
     failed = [name for name, passed in payload["checks"].items() if not passed]
     why = f" Failed: {', '.join(failed)}." if failed else ""

@@ -33,3 +33,14 @@ def test_the_card_section_names_the_failed_checks_and_shows_both_models():
     text = candidate_markdown({**payload, **verdict(shipped, candidate)})
     assert "It was not shipped." in text and "framing +-10 % flip rate no higher" in text
     assert "| validation images, framing +-10 %: largest flip rate | 18.0% | 34.0% |" in text
+
+
+def test_a_candidate_with_a_weaker_subtype_head_is_not_shipped():
+    """When both models have a bacterial-vs-viral head, the candidate's may not be worse on validation."""
+    shipped = {**figures(0.993, 0.18, 0.06), "subtype_val_roc_auc": 0.79}
+    weaker = {**figures(0.995, 0.10, 0.04), "subtype_val_roc_auc": 0.75}
+    outcome = verdict(shipped, weaker)
+    assert outcome["replace"] is False and outcome["checks"]["bacterial-vs-viral validation ROC AUC no lower"] is False
+    assert verdict(shipped, {**weaker, "subtype_val_roc_auc": 0.85})["replace"] is True
+    text = candidate_markdown({"label": "joint", "rule": "RULE.", "shipped": shipped, "candidate": weaker, **outcome})
+    assert "| validation bacterial-vs-viral ROC AUC | 0.7900 | 0.7500 |" in text
