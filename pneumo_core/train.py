@@ -274,7 +274,8 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, frames: d
     """Fit the model: one phase from scratch, or head then fine-tuning for transfer models.
 
     With ``args.subtype_weight`` above 0, the model is fitted through :func:`with_subtype_output`,
-    and the class weights become per-image sample weights (Keras takes class weights for one output only).
+    and the class weights become per-image sample weights (Keras takes class weights for one output only);
+    early stopping and checkpoints then watch the weighted sum of both validation losses.
 
     Returns:
         One row per epoch with the Keras metrics and the phase name.
