@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
 from pneumo_core import artifacts, data
 from pneumo_core.imaging import ImageRejected, read_xray_file
@@ -526,6 +525,8 @@ def _predict(
 
 def figures_of(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> Figures:
     """ROC AUC, sensitivity, specificity, accuracy at ``threshold`` and ECE of one set of readings."""
+    from sklearn import metrics as skm  # Here, not at import: the Compare page reads this module.
+
     operating = confusion(labels, probabilities, threshold)
     both = len(np.unique(labels)) == 2
     return Figures(
