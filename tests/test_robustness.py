@@ -405,14 +405,14 @@ from streamlit.testing.v1 import AppTest
 at = AppTest.from_file("pages/compare.py", default_timeout=60).run()
 assert not at.exception, at.exception
 assert any(header.value == "Robustness to framing and exposure" for header in at.subheader)
-loaded = sorted(name for name in ("tensorflow", "keras") if name in sys.modules)
+loaded = sorted(name for name in ("tensorflow", "keras", "sklearn") if name in sys.modules)
 print("loaded:", loaded)
 sys.exit(1 if loaded else 0)
 """
 
 
 def test_compare_page_with_robustness_imports_no_tensorflow(measured_models_dir):
-    """Showing robustness.json on the Compare page reads JSON only."""
+    """Showing robustness.json on the Compare page reads JSON only: no TensorFlow, no scikit-learn."""
     env = {**os.environ, "PNEUMO_MODELS_DIR": str(measured_models_dir), "PYTHONPATH": str(REPO_ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", NO_TENSORFLOW], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
