@@ -29,6 +29,7 @@ from pneumo_core.metrics import MIN_SENSITIVITY, THRESHOLD_RULE, choose_threshol
 from pneumo_core.models import OUTPUT_LAYER
 from pneumo_core.registry import ModelSpec
 from pneumo_core.report import render_card
+from pneumo_core.subtype import SUBTYPES
 
 LOGGER = logging.getLogger(__name__)
 SUBTYPE_OUTPUT = "subtype"  # the joint training's second output (see with_subtype_output); never saved
@@ -140,7 +141,8 @@ def class_weights(targets: np.ndarray) -> dict[int, float]:
 def subtype_targets(frame: pd.DataFrame) -> np.ndarray:
     """Targets of the joint subtype output: 1 bacterial, 0 viral, -1 (no loss) for every other image."""
     subtype = frame["subtype"].to_numpy()
-    return np.select([subtype == "bacteria", subtype == "virus"], [1.0, 0.0], default=-1.0).astype("float32")
+    bacteria, virus = SUBTYPES
+    return np.select([subtype == bacteria, subtype == virus], [1.0, 0.0], default=-1.0).astype("float32")
 
 
 def joint_targets(labels: np.ndarray, frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -270,9 +272,10 @@ def load_split_frames(args: TrainArgs) -> dict[str, pd.DataFrame]:
     return {name: frame[frame["split"] == name].reset_index(drop=True) for name in ("train", "val", "test")}
 
 
-def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, frames: dict) -> list[dict]:
+def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: dict, frames: dict) -> list[dict]:
     """Fit the model: one phase from scratch, or head then fine-tuning for transfer models.
 
+    ``targets`` holds each split's 0/1 labels and ``frames`` its records (their subtypes feed the joint output).
     With ``args.subtype_weight`` above 0, the model is fitted through :func:`with_subtype_output`,
     and the class weights become per-image sample weights (Keras takes class weights for one output only);
     early stopping and checkpoints then watch the weighted sum of both validation losses.
@@ -280,7 +283,6 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, frames: d
     Returns:
         One row per epoch with the Keras metrics and the phase name.
     """
-    targets = {name: data.labels_of(frame) for name, frame in frames.items()}
     weights = class_weights(targets["train"])
     fitted, class_weight, sample_weights = model, weights, None
     if args.subtype_weight > 0:
@@ -349,7 +351,7 @@ def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: 
 
     build_kwargs = {"weights": args.backbone_weights} if spec.uses_backbone_weights else {}
     model = spec.builder(input_size=spec.input_size, channels=spec.channels, **build_kwargs, **args.model_params)
-    history = run_phases(model, spec, args, squares, frames)
+    history = run_phases(model, spec, args, squares, targets, frames)
 
     val_input = spec.model_input(squares["val"])
     calibration = calibrate(model, val_input, targets["val"])
