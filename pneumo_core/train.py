@@ -229,6 +229,11 @@ def fit_phase(
         callbacks=callbacks,
         verbose=2,
     )
+    return logged_rows(log_file)
+
+
+def logged_rows(log_file: Path) -> list[dict]:
+    """The epochs' rows of a phase's CSV log, with the binary model's metric names."""
     logged = pd.read_csv(log_file)
     return [
         {"epoch": int(row.pop("epoch")), **{history_key(key): float(value) for key, value in row.items()}}
@@ -306,8 +311,13 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
     if spec.uses_backbone_weights:
         phases.append(("fine-tune", args.fine_tune_learning_rate, args.fine_tune_epochs, args.fine_tune_from))
     history = []
-    for phase, learning_rate, epochs, first_trainable in phases:
+    for index, (phase, learning_rate, epochs, first_trainable) in enumerate(phases):
         if epochs <= 0:
+            continue
+        if any((run_dir / f"backup-{later[0]}").exists() for later in phases[index + 1 :]):
+            # A later phase was under way when the run stopped: its backup holds all the weights.
+            LOGGER.info("Phase %s finished before the run stopped; its epochs are read from its log", phase)
+            history += [{**row, "phase": phase} for row in logged_rows(run_dir / f"history-{phase}.csv")]
             continue
         if spec.uses_backbone_weights:
             set_trainable(model, first_trainable)

@@ -101,3 +101,34 @@ def test_a_stopped_training_phase_resumes_from_its_backup(tmp_path, monkeypatch)
     rows = train_module.fit_phase(build_mlp(spec.input_size, 1), data, data, args, tmp_path, **fit)
     assert [row["epoch"] for row in rows] == [0, 1]
     assert not (tmp_path / "backup-full").exists()  # removed once the phase ended
+
+
+def test_a_run_stopped_while_fine_tuning_does_not_train_its_head_again(tmp_path, monkeypatch):
+    """The fine-tune backup holds every weight, so the finished head phase is read from its log, not refitted."""
+    import dataclasses
+
+    from pneumo_core import train as train_module
+    from pneumo_core.artifacts import TrainArgs
+
+    spec = dataclasses.replace(get_spec("mlp"), uses_backbone_weights=True)
+    run_dir = tmp_path / spec.name
+    (run_dir / "backup-fine-tune").mkdir(parents=True)
+    (run_dir / "history-head.csv").write_text("epoch,loss,auc\n0,0.6,0.90\n1,0.5,0.95\n")
+    fitted = []
+
+    def fake_fit_phase(model, train_ds, val_ds, args, run_dir, *, phase, initial_epoch, **_):
+        fitted.append((phase, initial_epoch))
+        return [{"epoch": initial_epoch, "loss": 0.4, "auc": 0.97}]
+
+    monkeypatch.setattr(train_module, "fit_phase", fake_fit_phase)
+    monkeypatch.setattr(train_module, "set_trainable", lambda model, first_trainable: None)
+    args = TrainArgs(
+        model="mlp", data="d", out="o", epochs=2, fine_tune_epochs=3, batch_size=4, learning_rate=1e-3,
+        fine_tune_learning_rate=1e-5, fine_tune_from=None, backbone_weights=None, split_file="s", seed=1,
+        patience=5, run_dir=str(tmp_path),
+    )  # fmt: skip
+    squares = np.resize(chest_like_squares(4), (4, spec.input_size, spec.input_size))
+    targets = {name: np.array([0, 1, 0, 1]) for name in ("train", "val")}
+    history = train_module.run_phases(None, spec, args, {"train": squares, "val": squares}, targets, frames={})
+    assert fitted == [("fine-tune", 2)]
+    assert [(row["epoch"], row["phase"]) for row in history] == [(0, "head"), (1, "head"), (2, "fine-tune")]
