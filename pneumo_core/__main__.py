@@ -3,6 +3,7 @@
 Usage:
     python -m pneumo_core split    --data DIR
     python -m pneumo_core train    --model NAME --data DIR [--epochs N] [--backbone-weights PATH] [--out models/]
+                                   [--augment basic|robust] [--framing squash|trim] [--subtype-weight W]
     python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
     python -m pneumo_core predict  --model NAME FILE_OR_FOLDER... [--csv out.csv] [--json] [--batch-size N]
     python -m pneumo_core batch    --model NAME --data DIR_OR_GLOB... --out FILE.parquet|.csv [--engine local|ray]
@@ -30,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pneumo_core import data
 from pneumo_core.artifacts import MODELS_DIR
+from pneumo_core.imaging import FRAMINGS
 from pneumo_core.registry import get_spec, model_names
 
 
@@ -63,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--augment", choices=("basic", "robust"), default="basic", help="augmentation policy (pneumo_core.augment)"
     )
     train.add_argument("--augment-strength", type=float, default=1.0, help="scales every augmentation range")
+    train.add_argument(
+        "--framing",
+        choices=tuple(FRAMINGS),
+        default="squash",
+        help="how an image becomes the square input: squash the whole image, or trim uniform borders first",
+    )
     train.add_argument("--fine-tune-from", help="first layer to fine-tune (transfer models); default from the registry")
     train.add_argument("--fine-tune-learning-rate", type=float, help="fine-tuning learning rate (transfer models)")
     train.add_argument(
@@ -212,6 +220,7 @@ def run_train(args) -> int:
         run_dir=str(args.run_dir),
         augment_strength=args.augment_strength,
         augment=args.augment,
+        framing=args.framing,
         subtype_weight=args.subtype_weight,
     )
     if args.params is not None:

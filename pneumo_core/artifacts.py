@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from pneumo_core.imaging import resize_square
+from pneumo_core.imaging import frame_square
 from pneumo_core.registry import ModelSpec, get_spec
 
 if TYPE_CHECKING:  # Keras (and TensorFlow) are imported only to load or save a model.
@@ -117,6 +117,7 @@ class TrainArgs:
     model_params: dict[str, int | float] = field(default_factory=dict)  # builder keywords (tuned values)
     params_file: str | None = None  # the tuning.json the hyper-parameters came from
     subtype_weight: float = 0.0  # weight of the bacterial-vs-viral loss trained jointly (0: binary loss only)
+    framing: str = "squash"  # how an image becomes the square input (pneumo_core.imaging.FRAMINGS)
 
 
 @dataclass(frozen=True)
@@ -634,9 +635,14 @@ class LoadedModel:
         """The operating threshold chosen on the validation split."""
         return self.config.threshold
 
+    @property
+    def framing(self) -> str:
+        """How an image becomes this model's square input, as it was trained (see ``imaging.FRAMINGS``)."""
+        return self.config.args.framing
+
     def square(self, gray: np.ndarray) -> np.ndarray:
-        """Squash a decoded grayscale image to this model's square input size."""
-        return resize_square(gray, self.spec.input_size)
+        """A decoded grayscale image as this model's square input (its framing, then squashed)."""
+        return frame_square(gray, self.spec.input_size, self.framing)
 
     @functools.cached_property
     def forward(self):

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumo_core.imaging import SUPPORTED_FORMATS, is_supported_file, read_xray_file, resize_square
+from pneumo_core.imaging import SUPPORTED_FORMATS, frame_square, is_supported_file, read_xray_file
 from pneumo_core.registry import CLASS_NAMES
 
 LOGGER = logging.getLogger(__name__)
@@ -320,13 +320,14 @@ def attach_paths(split: pd.DataFrame, data_dir: Path) -> pd.DataFrame:
     return joined
 
 
-def load_arrays(paths: list[str], size: int, workers: int = 4) -> np.ndarray:
+def load_arrays(paths: list[str], size: int, workers: int = 4, framing: str = "squash") -> np.ndarray:
     """Decode and squash images into a ``(n, size, size)`` uint8 array (the shared contract).
 
     Args:
         paths: Image file paths.
         size: The model's square input size.
         workers: Decoding threads.
+        framing: How each image becomes the square (``imaging.FRAMINGS``).
 
     Raises:
         ValueError: If an image cannot be read; the message names the file and the reason.
@@ -334,7 +335,7 @@ def load_arrays(paths: list[str], size: int, workers: int = 4) -> np.ndarray:
 
     def load(path: str) -> np.ndarray:
         try:
-            return resize_square(read_xray_file(Path(path)).gray, size)
+            return frame_square(read_xray_file(Path(path)).gray, size, framing)
         except ValueError as error:
             raise ValueError(f"{shown(path)}: {error}") from error
 

@@ -160,7 +160,7 @@ class Explainer:
         """A ``(size, size)`` map in [0, 1] of the evidence for ``target_class``.
 
         Args:
-            square: One ``(size, size)`` uint8 square from :func:`resize_square`.
+            square: One ``(size, size)`` uint8 square from ``LoadedModel.square``.
             method: One of :func:`methods_for`.
             target_class: 1 explains PNEUMONIA, 0 explains NORMAL; with a subtype head, ``"bacteria"`` or
                 ``"virus"`` explains that subtype's side of the subtype logit.

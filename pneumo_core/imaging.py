@@ -7,9 +7,11 @@ Every image, whatever its source, goes through the same three steps:
    with Pillow (and only those two of its formats: TIFF, GIF, BMP, WebP, EPS and the rest
    are refused, so no other decoder, and never Ghostscript, sees an upload); DICOM goes to
    :mod:`pneumo_core.dicom`. The format is sniffed from the content, never from the name.
-2. ``resize_square``: squash (never crop) to the model's square input size. The
+2. ``frame_square``: squash (never crop into content) to the model's square input size. The
    training data mixes aspect-kept and already-squashed images, so everything is
-   squashed the same way.
+   squashed the same way. A model trained with ``--framing trim`` first drops uniform
+   borders (:func:`content_box`: black bands, or edge lines repeated outwards), so padding an
+   image does not change its reading; the default ``squash`` keeps the whole image.
 3. ``ModelSpec.preprocess`` (see ``registry.py``): scale to the model's range and
    replicate channels for RGB backbones.
 
@@ -49,9 +51,9 @@ above any model input), with a note. With these limits no accepted or refused in
 than a few seconds.
 
 Usage:
-    from pneumo_core.imaging import read_xray_file, resize_square
+    from pneumo_core.imaging import frame_square, read_xray_file
     xray = read_xray_file(Path("x.jpeg"))          # or read_xray(data, name) for uploaded bytes
-    square = resize_square(xray.gray, 224)
+    square = frame_square(xray.gray, 224, framing="squash")
 """
 
 from __future__ import annotations
@@ -241,6 +243,73 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
     shrinking = gray.shape[0] > size or gray.shape[1] > size
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(gray, (size, size), interpolation=interpolation)
+
+
+FRAMINGS = {
+    "squash": "the whole image squashed to the square input",
+    "trim": "uniform borders (black bands or repeated edge lines) trimmed, then squashed to the square input",
+}
+BORDER_FLAT_SD = 1.0  # a border line whose grey levels vary less than this counts as constant
+BORDER_REPEAT_DIFF = 0.5  # ... or whose mean |difference| from the next line inwards is under this
+MAX_BORDER_SHARE = 0.35  # never trim more than this share of the image from one side
+
+
+def content_box(gray: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the image without its uniform borders (``gray[top:bottom, left:right]``).
+
+    A border line is a row or column that is nearly constant (black bands, a flat background) or nearly
+    repeats the line inside it (edge pixels replicated outwards). At most :data:`MAX_BORDER_SHARE` of
+    each side is dropped, so some content is always left.
+    """
+    if gray.ndim != 2:
+        raise ValueError(f"Expected a 2-D grayscale array, got shape {gray.shape}.")
+    height, width = gray.shape
+    top, bottom = _border_run(gray), height - _border_run(gray[::-1])
+    left, right = _border_run(gray[top:bottom].T), width - _border_run(gray[top:bottom, ::-1].T)
+    columns = gray[:, left:right]  # The corners of a pad belong to both bands: look at the rows again.
+    return _border_run(columns), height - _border_run(columns[::-1]), left, right
+
+
+def _border_run(lines: np.ndarray) -> int:
+    """How many leading rows of ``lines`` form a uniform border."""
+    limit = int(len(lines) * MAX_BORDER_SHARE)
+    head = lines[: limit + 1].astype(np.float32)
+    uniform = (head[:limit].std(axis=1) <= BORDER_FLAT_SD) | (
+        np.abs(np.diff(head, axis=0)).mean(axis=1) <= BORDER_REPEAT_DIFF
+    )
+    return int(limit if uniform.all() else np.argmin(uniform))
+
+
+def frame_square(gray: np.ndarray, size: int, framing: str = "squash") -> np.ndarray:
+    """The model's square input: with ``framing="trim"`` the :func:`content_box`, else the whole image, squashed.
+
+    Raises:
+        ValueError: If ``framing`` is not one of :data:`FRAMINGS`.
+    """
+    if framing not in FRAMINGS:
+        raise ValueError(f"Unknown framing {framing!r}; choose one of {', '.join(FRAMINGS)}.")
+    if framing == "trim":
+        top, bottom, left, right = content_box(gray)
+        gray = gray[top:bottom, left:right]
+    return resize_square(gray, size)
+
+
+def place_in_frame(square_map: np.ndarray, gray: np.ndarray, framing: str, max_side: int = 512) -> np.ndarray:
+    """A map computed on the square input, laid over the image's own frame (zero on trimmed borders).
+
+    With ``framing="squash"`` the square map already covers the whole image and is returned as is; with
+    ``"trim"`` it is stretched over the content box of a copy of the image no larger than ``max_side``.
+    """
+    if framing == "squash":
+        return square_map
+    top, bottom, left, right = content_box(gray)
+    scale = min(1.0, max_side / max(gray.shape))
+    height, width = (max(1, round(side * scale)) for side in gray.shape)
+    y0, x0 = min(round(top * scale), height - 1), min(round(left * scale), width - 1)
+    y1, x1 = max(y0 + 1, round(bottom * scale)), max(x0 + 1, round(right * scale))
+    framed = np.zeros((height, width), dtype=np.float32)
+    framed[y0:y1, x0:x1] = cv2.resize(square_map.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return framed
 
 
 def fit_within(gray: np.ndarray, max_side: int = 1024) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 
 from pneumo_core.artifacts import LoadedModel
 from pneumo_core.gate import Verdict, load_gate
-from pneumo_core.imaging import ImageRejected, XRay, read_xray, read_xray_file
+from pneumo_core.imaging import ImageRejected, XRay, place_in_frame, read_xray, read_xray_file
 from pneumo_core.subtype import SubtypeReading, load_subtype
 
 DEFAULT_BATCH_SIZE = 32
@@ -167,9 +167,13 @@ class Reader:
         )
 
     def heatmap(self, xray: XRay, method: str, target_class: int | str) -> np.ndarray:
-        """A square map in [0, 1] of the evidence for ``target_class`` (see :mod:`pneumo_core.gradcam`):
-        1 PNEUMONIA, 0 NORMAL, or ``"bacteria"`` / ``"virus"`` for a model with a subtype head."""
-        return self.explainer.heatmap(self.loaded.square(xray.gray), method, target_class)
+        """A map in [0, 1] of the evidence for ``target_class`` (see :mod:`pneumo_core.gradcam`):
+        1 PNEUMONIA, 0 NORMAL, or ``"bacteria"`` / ``"virus"`` for a model with a subtype head.
+
+        It covers the image's frame: the square map of a squashing model, or, for a model that trims
+        uniform borders, the map laid over the content box (zero on the borders it did not read)."""
+        square_map = self.explainer.heatmap(self.loaded.square(xray.gray), method, target_class)
+        return place_in_frame(square_map, xray.gray, self.loaded.framing)
 
     @property
     def explainer(self):

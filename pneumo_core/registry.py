@@ -3,7 +3,7 @@ that training, evaluation, prediction and the app read.
 
 Usage:
     spec = get_spec("cnn")
-    batch = spec.preprocess(resize_square(gray, spec.input_size)[None])
+    batch = spec.model_input(frame_square(gray, spec.input_size, framing="squash")[None])
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class ModelSpec:
         return self.unavailable_reason is None
 
     def model_input(self, squares: np.ndarray) -> np.ndarray:
-        """Turn ``(n, size, size)`` uint8 squares from :func:`resize_square` into model input."""
+        """Turn ``(n, size, size)`` uint8 squares (``LoadedModel.square``) into model input."""
         if squares.ndim != 3 or squares.shape[1:] != (self.input_size, self.input_size):
             raise ValueError(
                 f"{self.name} expects squares of shape (n, {self.input_size}, {self.input_size}), got {squares.shape}."

@@ -24,6 +24,7 @@ from pneumo_core.artifacts import (
     shipped_model_dirs,
 )
 from pneumo_core.augment import AUGMENT_POLICIES
+from pneumo_core.imaging import FRAMINGS
 
 BENCH_FILE = Path(__file__).resolve().parent.parent / "bench" / "bench.json"
 
@@ -345,7 +346,8 @@ def _training_facts(config: ModelConfig) -> str:
     )
     return (
         f"{provenance.epochs_run} epochs, {config.parameters:,} parameters, {provenance.training_seconds / 60:.1f} min "
-        f"wall time on {where}; {libraries}. Augmentation ({args.augment}): {AUGMENT_POLICIES[args.augment]}.{joint}"
+        f"wall time on {where}; {libraries}. Augmentation ({args.augment}): {AUGMENT_POLICIES[args.augment]}. "
+        f"Input framing ({args.framing}): {FRAMINGS[args.framing]}.{joint}"
     )
 
 

@@ -366,7 +366,9 @@ def extract(
     network = feature_network(loaded, sources)
     probabilities, features = [], {source: [] for source in sources}
     for start in range(0, len(paths), DECODE_CHUNK):
-        squares = data.load_arrays(list(paths[start : start + DECODE_CHUNK]), loaded.spec.input_size)
+        squares = data.load_arrays(
+            list(paths[start : start + DECODE_CHUNK]), loaded.spec.input_size, framing=loaded.framing
+        )
         for batch_start in range(0, len(squares), BATCH_SIZE):
             outputs = network(squares[batch_start : batch_start + BATCH_SIZE])
             probabilities.append(np.asarray(outputs[0])[:, 0])

@@ -355,7 +355,10 @@ def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: 
     keras.utils.set_random_seed(args.seed)
     started = time.time()
     frames = load_split_frames(args)
-    squares = {name: data.load_arrays(frame["path"].tolist(), spec.input_size) for name, frame in frames.items()}
+    squares = {
+        name: data.load_arrays(frame["path"].tolist(), spec.input_size, framing=args.framing)
+        for name, frame in frames.items()
+    }
     targets = {name: data.labels_of(frame) for name, frame in frames.items()}
     LOGGER.info("Loaded %s images in %.0f s", {k: len(v) for k, v in squares.items()}, time.time() - started)
 
