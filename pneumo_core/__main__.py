@@ -4,6 +4,7 @@ Usage:
     python -m pneumo_core split    --data DIR
     python -m pneumo_core train    --model NAME --data DIR [--epochs N] [--backbone-weights PATH] [--out models/]
                                    [--augment basic|robust] [--framing squash|trim] [--subtype-weight W]
+                                   [--init-from MODEL_DIR] [--learning-rate LR]
     python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
     python -m pneumo_core predict  --model NAME FILE_OR_FOLDER... [--csv out.csv] [--json] [--batch-size N]
     python -m pneumo_core batch    --model NAME --data DIR_OR_GLOB... --out FILE.parquet|.csv [--engine local|ray]
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -70,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(FRAMINGS),
         default="squash",
         help="how an image becomes the square input: squash the whole image, or trim uniform borders first",
+    )
+    train.add_argument("--learning-rate", type=float, help="learning rate (head phase of transfer models)")
+    train.add_argument(
+        "--init-from", type=Path, help="start from this trained model directory's weights (same --model and --params)"
     )
     train.add_argument("--fine-tune-from", help="first layer to fine-tune (transfer models); default from the registry")
     train.add_argument("--fine-tune-learning-rate", type=float, help="fine-tuning learning rate (transfer models)")
@@ -222,9 +228,12 @@ def run_train(args) -> int:
         augment=args.augment,
         framing=args.framing,
         subtype_weight=args.subtype_weight,
+        init_from=None if args.init_from is None else str(args.init_from),
     )
     if args.params is not None:
         resolved = with_params_file(resolved, spec, args.params)
+    if args.learning_rate is not None:  # after the params file: the command line wins
+        resolved = replace(resolved, learning_rate=args.learning_rate)
     print(f"wrote {train(spec, resolved, fit_gate=not args.no_gate, fit_subtype=not args.no_subtype)}")
     return 0
 

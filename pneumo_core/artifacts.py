@@ -118,6 +118,8 @@ class TrainArgs:
     params_file: str | None = None  # the tuning.json the hyper-parameters came from
     subtype_weight: float = 0.0  # weight of the bacterial-vs-viral loss trained jointly (0: binary loss only)
     framing: str = "squash"  # how an image becomes the square input (pneumo_core.imaging.FRAMINGS)
+    init_from: str | None = None  # a trained model directory whose weights the run started from (warm start)
+    init_from_sha256: str | None = None  # that directory's model.keras
 
 
 @dataclass(frozen=True)

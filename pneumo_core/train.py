@@ -362,8 +362,7 @@ def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: 
     targets = {name: data.labels_of(frame) for name, frame in frames.items()}
     LOGGER.info("Loaded %s images in %.0f s", {k: len(v) for k, v in squares.items()}, time.time() - started)
 
-    build_kwargs = {"weights": args.backbone_weights} if spec.uses_backbone_weights else {}
-    model = spec.builder(input_size=spec.input_size, channels=spec.channels, **build_kwargs, **args.model_params)
+    model, args = build_model(spec, args)
     history = run_phases(model, spec, args, squares, targets, frames)
 
     val_input = spec.model_input(squares["val"])
@@ -387,6 +386,33 @@ def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: 
         except NotEnoughSubtypes as error:
             LOGGER.warning("No subtype head for %s: %s", spec.name, error)
     return out_dir
+
+
+def build_model(spec: ModelSpec, args: TrainArgs) -> tuple[keras.Model, TrainArgs]:
+    """The registry's fresh model, or with ``args.init_from`` one holding that trained model's weights.
+
+    Returns:
+        The model, and ``args`` with the starting model's checksum recorded.
+
+    Raises:
+        ValueError: If the starting model has a different architecture (another model, or other
+            builder parameters).
+        ModelRefused: If its directory does not verify.
+    """
+    build_kwargs = {"weights": args.backbone_weights} if spec.uses_backbone_weights else {}
+    model = spec.builder(input_size=spec.input_size, channels=spec.channels, **build_kwargs, **args.model_params)
+    if args.init_from is None:
+        return model, args
+    start = artifacts.load_model_dir(Path(args.init_from))
+    shapes = [tuple(weight.shape) for weight in model.weights]
+    if start.spec.name != spec.name or shapes != [tuple(weight.shape) for weight in start.model.weights]:
+        raise ValueError(
+            f"--init-from {args.init_from} holds a {start.spec.name} model whose layers differ from the {spec.name}"
+            " being trained; start from a model trained with the same --model and --params."
+        )
+    model.set_weights(start.model.get_weights())
+    LOGGER.info("Starting from the weights of %s", args.init_from)
+    return model, replace(args, init_from_sha256=artifacts.sha256_of(Path(args.init_from) / artifacts.MODEL_FILE))
 
 
 def split_metrics(
@@ -454,8 +480,9 @@ def recorded_args(args: TrainArgs) -> TrainArgs:
     paths = {name: artifacts.repo_relative(getattr(args, name)) for name in ("data", "out", "split_file", "run_dir")}
     if args.backbone_weights not in (None, "imagenet", "none"):
         paths["backbone_weights"] = artifacts.repo_relative(args.backbone_weights)
-    if args.params_file is not None:
-        paths["params_file"] = artifacts.repo_relative(args.params_file)
+    for name in ("params_file", "init_from"):
+        if getattr(args, name) is not None:
+            paths[name] = artifacts.repo_relative(getattr(args, name))
     return replace(args, **paths)
 
 

@@ -1,0 +1,35 @@
+"""``train --init-from``: a run that starts from a trained model's weights (synthetic images, one epoch)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pneumo_core import artifacts
+from pneumo_core.__main__ import main
+
+
+def train_argv(name: str, dataset, work, *extra: str) -> list[str]:
+    return ["train", "--model", name, "--data", str(dataset), "--epochs", "1", "--out", str(work / "models"),
+            "--run-dir", str(work / "runs"), "--split-file", str(work / "split.csv"), "--no-gate", "--no-subtype",
+            *extra]  # fmt: skip
+
+
+def test_a_warm_start_begins_with_the_trained_weights_and_records_them(synthetic_dataset, trained_models_dir, tmp_path):
+    start = trained_models_dir / "mlp"
+    argv = train_argv("mlp", synthetic_dataset, tmp_path, "--init-from", str(start), "--learning-rate", "0")
+    assert main(argv) == 0
+    warm = artifacts.load_model_dir(tmp_path / "models" / "mlp")
+    began = artifacts.load_model_dir(start)
+    # With a learning rate of 0 only the calibration, refitted into the last layer, may differ.
+    for trained, started in zip(warm.model.weights[:-2], began.model.weights[:-2], strict=True):
+        np.testing.assert_array_equal(np.asarray(trained), np.asarray(started))
+    assert warm.config.args.init_from_sha256 == artifacts.sha256_of(start / "model.keras")
+    assert warm.config.args.learning_rate == 0
+    assert "Started from the weights of" in (warm.directory / "card.md").read_text()
+
+
+def test_a_warm_start_from_another_architecture_is_refused(synthetic_dataset, trained_models_dir, tmp_path, capsys):
+    argv = train_argv("mlp", synthetic_dataset, tmp_path, "--init-from", str(trained_models_dir / "cnn"))
+    assert main(argv) == 2
+    assert "holds a cnn model whose layers differ from the mlp" in capsys.readouterr().err
+    assert not (tmp_path / "models" / "mlp").exists()
