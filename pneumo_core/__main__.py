@@ -64,14 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-gate", action="store_true", help="do not fit the out-of-distribution gate afterwards")
     train.add_argument("--no-subtype", action="store_true", help="do not fit the bacterial/viral head afterwards")
     train.add_argument(
-        "--augment", choices=("basic", "robust"), default="basic", help="augmentation policy (pneumo_core.augment)"
+        "--augment",
+        choices=("basic", "robust"),
+        help="augmentation policy; default from the registry",
     )
     train.add_argument("--augment-strength", type=float, default=1.0, help="scales every augmentation range")
     train.add_argument(
         "--framing",
         choices=tuple(FRAMINGS),
-        default="squash",
-        help="how an image becomes the square input: squash the whole image, or trim uniform borders first",
+        help="how an image becomes the square input: squash the whole image, or trim uniform borders first;"
+        " default from the registry",
     )
     train.add_argument("--learning-rate", type=float, help="learning rate (head phase of transfer models)")
     train.add_argument(
@@ -225,8 +227,8 @@ def run_train(args) -> int:
         patience=args.patience,
         run_dir=str(args.run_dir),
         augment_strength=args.augment_strength,
-        augment=args.augment,
-        framing=args.framing,
+        augment=args.augment or defaults.augment,
+        framing=args.framing or defaults.framing,
         subtype_weight=args.subtype_weight,
         init_from=None if args.init_from is None else str(args.init_from),
     )

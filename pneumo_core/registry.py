@@ -66,6 +66,8 @@ class TrainDefaults:
     fine_tune_epochs: int = 0
     fine_tune_learning_rate: float = 1e-5
     fine_tune_from: str | None = None
+    augment: str = "basic"  # augmentation policy (pneumo_core.augment.AUGMENT_POLICIES)
+    framing: str = "squash"  # how an image becomes the square input (pneumo_core.imaging.FRAMINGS)
 
 
 def transfer_defaults(fine_tune_from: str) -> TrainDefaults:
@@ -200,6 +202,19 @@ REGISTRY: dict[str, ModelSpec] = {
             gradcam_layer="last_conv_act",
             train=TrainDefaults(epochs=25, batch_size=32, learning_rate=1e-3),
             search_space=CNN_SEARCH_SPACE,
+        ),
+        ModelSpec(
+            name="cnn_robust",
+            description=(
+                "The small CNN trained to ignore framing and exposure (uniform borders trimmed, robust"
+                " augmentation): its readings move less when an image is cropped, padded or exposed differently."
+            ),
+            builder=lazy_builder("build_cnn"),
+            input_size=160,
+            channels=1,
+            preprocess=scale_unit,
+            gradcam_layer="last_conv_act",
+            train=TrainDefaults(epochs=25, batch_size=32, learning_rate=1e-3, augment="robust", framing="trim"),
         ),
         ModelSpec(
             name="xception",

@@ -344,12 +344,15 @@ def _training_facts(config: ModelConfig) -> str:
         if args.subtype_weight > 0
         else ""
     )
-    if args.init_from is not None:
-        joint += f" Started from the weights of {args.init_from} (model.keras sha256 {args.init_from_sha256[:12]})."
+    warm_start = (
+        f" Started from the weights of {args.init_from} (model.keras sha256 {args.init_from_sha256[:12]})."
+        if args.init_from is not None
+        else ""
+    )
     return (
         f"{provenance.epochs_run} epochs, {config.parameters:,} parameters, {provenance.training_seconds / 60:.1f} min "
         f"wall time on {where}; {libraries}. Augmentation ({args.augment}): {AUGMENT_POLICIES[args.augment]}. "
-        f"Input framing ({args.framing}): {FRAMINGS[args.framing]}.{joint}"
+        f"Input framing ({args.framing}): {FRAMINGS[args.framing]}.{joint}{warm_start}"
     )
 
 

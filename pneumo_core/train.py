@@ -395,8 +395,8 @@ def build_model(spec: ModelSpec, args: TrainArgs) -> tuple[keras.Model, TrainArg
         The model, and ``args`` with the starting model's checksum recorded.
 
     Raises:
-        ValueError: If the starting model has a different architecture (another model, or other
-            builder parameters).
+        ValueError: If the starting model has a different architecture (another builder, or other
+            builder parameters); models sharing a builder, such as cnn and cnn_robust, may start from each other.
         ModelRefused: If its directory does not verify.
     """
     build_kwargs = {"weights": args.backbone_weights} if spec.uses_backbone_weights else {}
@@ -405,10 +405,11 @@ def build_model(spec: ModelSpec, args: TrainArgs) -> tuple[keras.Model, TrainArg
         return model, args
     start = artifacts.load_model_dir(Path(args.init_from))
     shapes = [tuple(weight.shape) for weight in model.weights]
-    if start.spec.name != spec.name or shapes != [tuple(weight.shape) for weight in start.model.weights]:
+    same_builder = start.spec.builder.__name__ == spec.builder.__name__
+    if not same_builder or shapes != [tuple(weight.shape) for weight in start.model.weights]:
         raise ValueError(
             f"--init-from {args.init_from} holds a {start.spec.name} model whose layers differ from the {spec.name}"
-            " being trained; start from a model trained with the same --model and --params."
+            " being trained; start from a model of the same architecture trained with the same --params."
         )
     model.set_weights(start.model.get_weights())
     LOGGER.info("Starting from the weights of %s", args.init_from)

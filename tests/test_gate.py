@@ -36,7 +36,7 @@ from pneumo_core.gate_figures import PERTURBATIONS, gate_table, negative_grays, 
 from pneumo_core.imaging import read_xray, read_xray_file
 from pneumo_core.reading import Reader, read_sources
 
-SHIPPED = ("mlp", "cnn", "xception")
+SHIPPED = ("mlp", "cnn", "cnn_robust", "xception")
 MIN_NEGATIVES_REFUSED = 0.95
 MIN_TEST_ACCEPTED = 0.99
 MAX_GATE_MS = 50.0
