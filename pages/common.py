@@ -1,11 +1,11 @@
-"""Streamlit caching around pneumo_core, shared by the pages (UI only, no logic)."""
+"""Streamlit caching and layout around pneumo_core, shared by the pages (UI only, no logic)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -250,3 +250,9 @@ def _queued(doing: str, submit: Callable[[Callable[[int], None]], T]) -> T:
         value = submit(tell_position)
     status.empty()
     return value
+
+
+def side_by_side(items: Sequence[T], per_row: int = 2) -> Iterator[tuple[object, T]]:
+    """Each item with a column to draw it in, ``per_row`` columns to a row (so four figures stay legible)."""
+    for start in range(0, len(items), per_row):
+        yield from zip(st.columns(per_row), items[start : start + per_row], strict=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import get_catalog, require_app_entry
+from pages.common import get_catalog, require_app_entry, side_by_side
 from pneumo_core.catalog import models_dir
 from pneumo_core.figures import (
     best_per_column,
@@ -59,7 +59,7 @@ st.dataframe(styled, key="metrics_table")
 st.caption("Best value in each column highlighted (lowest for log loss and ECE, the expected calibration error).")
 
 st.subheader("Confusion matrices (counts and % of each true class)")
-for column, entry in zip(st.columns(len(shipped)), shipped, strict=True):
+for column, entry in side_by_side(shipped):
     column.plotly_chart(confusion_figure(entry), key=f"confusion_{entry.name}")
 
 st.subheader("ROC curves")
@@ -77,7 +77,7 @@ except ValueError as error:
     heads = {}
 if heads:
     st.subheader("Bacterial or viral: normal / bacterial / viral on the internal test split")
-    for column, (name, settings) in zip(st.columns(len(heads)), heads.items(), strict=True):
+    for column, (name, settings) in side_by_side(list(heads.items())):
         column.plotly_chart(three_class_confusion_figure(name, settings), key=f"subtype_confusion_{name}")
     st.plotly_chart(subtype_roc_figure(heads), key="subtype_roc")
     st.dataframe(formatted(subtype_head_table(heads)), key="subtype_figures_table")
@@ -94,8 +94,9 @@ if gates.empty:
     st.info("No model has a measured out-of-distribution gate yet (`python -m pneumo_core fit-gate`).")
 else:
     rates = [column for column in gates.columns if column.endswith(("accepted", "refused (gate)", "or gate)"))]
-    shown = gates.set_index("model").style.format({column: "{:.1%}" for column in rates})
-    st.dataframe(shown.format({"gate cost (ms per image)": "{:.0f}"}), key="gate_table")
+    # One format call: a second Styler.format call resets the columns the first one formatted.
+    formats = {**{column: "{:.1%}" for column in rates}, "gate cost (ms per image)": "{:.0f}"}
+    st.dataframe(gates.set_index("model").style.format(formats), key="gate_table")
     st.caption(
         "Each model's gate is fitted on the training split's X-rays only; its threshold lets at least 99% of "
         "validation X-rays through. Negative images (photos, textures, documents, CT, MR and ultrasound "
