@@ -168,7 +168,8 @@ right.image(blended, caption=f"{method} for {target_title(explained)}", width="s
 right.image(colour_bar(colormap), caption="Heatmap colour scale", width="stretch")
 st.caption(
     "The heatmap shows which regions most influenced the model's score, computed on the model's "
-    "square input and stretched back to the image. It is not an outline of a lesion."
+    "square input and stretched back over the part of the image it read (blank borders a model trims stay "
+    "uncoloured). It is not an outline of a lesion."
 )
 overlay_column, report_column = st.columns(2)
 overlay_column.download_button(
