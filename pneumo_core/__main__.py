@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--learning-rate", type=float, help="learning rate (head phase of transfer models)")
     train.add_argument(
-        "--init-from", type=Path, help="start from this trained model directory's weights (same --model and --params)"
+        "--init-from", type=Path, help="start from a trained model folder's weights (same architecture and --params)"
     )
     train.add_argument("--fine-tune-from", help="first layer to fine-tune (transfer models); default from the registry")
     train.add_argument("--fine-tune-learning-rate", type=float, help="fine-tuning learning rate (transfer models)")

@@ -9,7 +9,7 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -179,6 +179,18 @@ class ModelSpec:
         }
 
 
+CNN = ModelSpec(
+    name="cnn",
+    description="Small CNN trained from scratch (5 conv blocks, 160x160): fast on a CPU.",
+    builder=lazy_builder("build_cnn"),
+    input_size=160,
+    channels=1,
+    preprocess=scale_unit,
+    gradcam_layer="last_conv_act",
+    train=TrainDefaults(epochs=25, batch_size=32, learning_rate=1e-3),
+    search_space=CNN_SEARCH_SPACE,
+)
+
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -192,29 +204,16 @@ REGISTRY: dict[str, ModelSpec] = {
             gradcam_layer=None,
             train=TrainDefaults(epochs=40, batch_size=64, learning_rate=3e-4),
         ),
-        ModelSpec(
-            name="cnn",
-            description="Small CNN trained from scratch (5 conv blocks, 160x160): fast on a CPU.",
-            builder=lazy_builder("build_cnn"),
-            input_size=160,
-            channels=1,
-            preprocess=scale_unit,
-            gradcam_layer="last_conv_act",
-            train=TrainDefaults(epochs=25, batch_size=32, learning_rate=1e-3),
-            search_space=CNN_SEARCH_SPACE,
-        ),
-        ModelSpec(
+        CNN,
+        replace(
+            CNN,
             name="cnn_robust",
             description=(
                 "The small CNN trained to ignore framing and exposure (uniform borders trimmed, robust"
                 " augmentation): its readings move less when an image is cropped, padded or exposed differently."
             ),
-            builder=lazy_builder("build_cnn"),
-            input_size=160,
-            channels=1,
-            preprocess=scale_unit,
-            gradcam_layer="last_conv_act",
-            train=TrainDefaults(epochs=25, batch_size=32, learning_rate=1e-3, augment="robust", framing="trim"),
+            train=replace(CNN.train, augment="robust", framing="trim"),
+            search_space=(),
         ),
         ModelSpec(
             name="xception",
