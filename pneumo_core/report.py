@@ -261,7 +261,7 @@ Split by patient {config.split_percentages} ({split_sizes};
 split `{data.split_file}`, sha256 `{data.split_hash[:12]}`).
 
 ## Input
-Grayscale, squashed (not cropped) to {spec.input_size}x{spec.input_size} pixels;
+Grayscale; {FRAMINGS[config.args.framing]} of {spec.input_size}x{spec.input_size} pixels;
 {_preprocessing_text(spec.name)}
 
 ## Intended use
