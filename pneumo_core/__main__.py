@@ -3,7 +3,7 @@
 Usage:
     python -m pneumo_core split    --data DIR
     python -m pneumo_core train    --model NAME --data DIR [--epochs N] [--backbone-weights PATH] [--out models/]
-                                   [--augment basic|robust] [--framing squash|trim] [--subtype-weight W]
+                                   [--augment basic|robust] [--framing squash|trim|trim_equalize] [--subtype-weight W]
                                    [--init-from MODEL_DIR] [--learning-rate LR]
     python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
     python -m pneumo_core predict  --model NAME FILE_OR_FOLDER... [--csv out.csv] [--json] [--batch-size N]
@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--framing",
         choices=tuple(FRAMINGS),
-        help="how an image becomes the square input: squash the whole image, or trim uniform borders first;"
-        " default from the registry",
+        help="how an image becomes the square input: squash the whole image, trim uniform borders first, or"
+        " trim and histogram-equalise; default from the registry",
     )
     train.add_argument("--learning-rate", type=float, help="learning rate (head phase of transfer models)")
     train.add_argument(

@@ -139,3 +139,10 @@ def augment_squares(augment, squares: np.ndarray) -> np.ndarray:
     images = squares[..., 0] if squares.ndim == 4 else squares
     out = np.stack([augment(image=np.ascontiguousarray(image))["image"] for image in images])
     return out.reshape(squares.shape).astype(np.uint8)
+
+
+def equalize_squares(squares: np.ndarray) -> np.ndarray:
+    """Histogram-equalise each ``(n, size, size[, 1])`` square (0-255, any dtype) again after augmentation, as
+    a ``trim_equalize`` model's inputs always are; uint8 out, same shape."""
+    images = np.clip(np.rint(squares), 0, 255).astype(np.uint8).reshape(-1, *squares.shape[1:3])
+    return np.stack([cv2.equalizeHist(image) for image in images]).reshape(squares.shape)

@@ -11,7 +11,9 @@ Every image, whatever its source, goes through the same three steps:
    training data mixes aspect-kept and already-squashed images, so everything is
    squashed the same way. A model trained with ``--framing trim`` first drops uniform
    borders (:func:`content_box`: black bands, or edge lines repeated outwards), so padding an
-   image does not change its reading; the default ``squash`` keeps the whole image.
+   image does not change its reading; ``--framing trim_equalize`` also histogram-equalises the
+   trimmed image before the squash, so a monotonic change of exposure (gamma, contrast) barely
+   changes the input; the default ``squash`` keeps the whole image as it is.
 3. ``ModelSpec.preprocess`` (see ``registry.py``): scale to the model's range and
    replicate channels for RGB backbones.
 
@@ -248,7 +250,12 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
 FRAMINGS = {
     "squash": "the whole image squashed to the square input",
     "trim": "uniform borders (black bands or repeated edge lines) trimmed, then squashed to the square input",
+    "trim_equalize": (
+        "uniform borders (black bands or repeated edge lines) trimmed, grey levels histogram-equalised "
+        "(so gamma and contrast changes barely change the input), then squashed to the square input"
+    ),
 }
+EQUALIZING_FRAMINGS = frozenset({"trim_equalize"})  # framings whose squares are histogram-equalised
 BORDER_FLAT_SD = 1.0  # a border line whose grey levels vary less than this counts as constant
 BORDER_REPEAT_DIFF = 0.5  # ... or whose mean |difference| from the next line inwards is under this
 MAX_BORDER_SHARE = 0.35  # never trim more than this share of the image from one side
@@ -281,24 +288,27 @@ def _border_run(lines: np.ndarray) -> int:
 
 
 def frame_square(gray: np.ndarray, size: int, framing: str = "squash") -> np.ndarray:
-    """The model's square input: with ``framing="trim"`` the :func:`content_box`, else the whole image, squashed.
+    """The model's square input: the whole image (``"squash"``) or its :func:`content_box` (``"trim"``,
+    ``"trim_equalize"``), histogram-equalised for ``"trim_equalize"``, then squashed.
 
     Raises:
         ValueError: If ``framing`` is not one of :data:`FRAMINGS`.
     """
     if framing not in FRAMINGS:
         raise ValueError(f"Unknown framing {framing!r}; choose one of {', '.join(FRAMINGS)}.")
-    if framing == "trim":
+    if framing != "squash":
         top, bottom, left, right = content_box(gray)
         gray = gray[top:bottom, left:right]
+    if framing in EQUALIZING_FRAMINGS:
+        gray = cv2.equalizeHist(np.ascontiguousarray(gray))
     return resize_square(gray, size)
 
 
 def place_in_frame(square_map: np.ndarray, gray: np.ndarray, framing: str, max_side: int = 512) -> np.ndarray:
     """A map computed on the square input, laid over the image's own frame (zero on trimmed borders).
 
-    With ``framing="squash"`` the square map already covers the whole image and is returned as is; with
-    ``"trim"`` it is stretched over the content box of a copy of the image no larger than ``max_side``.
+    With ``framing="squash"`` the square map already covers the whole image and is returned as is; with a
+    trimming framing it is stretched over the content box of a copy of the image no larger than ``max_side``.
     """
     if framing == "squash":
         return square_map

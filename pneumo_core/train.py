@@ -23,8 +23,9 @@ from sklearn.linear_model import LogisticRegression
 
 from pneumo_core import artifacts, data
 from pneumo_core.artifacts import TrainArgs
-from pneumo_core.augment import AUGMENT_POLICIES, augment_squares, keras_augmenter, robust_augmenter
+from pneumo_core.augment import AUGMENT_POLICIES, augment_squares, equalize_squares, keras_augmenter, robust_augmenter
 from pneumo_core.gate_figures import fit_gate_dir
+from pneumo_core.imaging import EQUALIZING_FRAMINGS
 from pneumo_core.metrics import MIN_SENSITIVITY, THRESHOLD_RULE, choose_threshold, compute_metrics
 from pneumo_core.models import OUTPUT_LAYER
 from pneumo_core.registry import ModelSpec
@@ -89,10 +90,12 @@ def make_dataset(
     augment_strength: float = 1.0,
     augment_policy: str = "basic",
     sample_weights: np.ndarray | None = None,
+    equalize: bool = False,
 ) -> tf.data.Dataset:
     """Batched tf.data pipeline with caching and prefetch; shuffles when ``augment_seed`` is set
     and then also augments with ``augment_policy`` (see :mod:`pneumo_core.augment`), unless
-    ``augment_strength`` is 0. ``targets`` is one array, or one array per output of a joint model;
+    ``augment_strength`` is 0, and with ``equalize`` histogram-equalises the augmented squares again
+    (the model's inputs always are). ``targets`` is one array, or one array per output of a joint model;
     ``sample_weights``, when given, rides along as the third element of each batch."""
     if augment_policy not in AUGMENT_POLICIES:
         raise ValueError(
@@ -110,6 +113,8 @@ def make_dataset(
             augmentation(augment_policy, spec.input_size, augment_seed, augment_strength),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+        if equalize:
+            images = images.map(_equalized, num_parallel_calls=tf.data.AUTOTUNE)
     return images.map(lambda x, *rest: (spec.preprocess(x), *rest), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )
@@ -128,6 +133,12 @@ def augmentation(policy: str, size: int, seed: int, strength: float):
         return out, *rest
 
     return augment_batch
+
+
+def _equalized(x, *rest):
+    out = tf.numpy_function(equalize_squares, [x], tf.uint8, stateful=False)
+    out.set_shape(x.shape)
+    return out, *rest
 
 
 def class_weights(targets: np.ndarray) -> dict[int, float]:
@@ -303,6 +314,7 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
         augment_strength=args.augment_strength,
         augment_policy=args.augment,
         sample_weights=sample_weights,
+        equalize=args.framing in EQUALIZING_FRAMINGS,
     )
     val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None)
     run_dir = Path(args.run_dir) / spec.name

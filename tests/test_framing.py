@@ -1,4 +1,5 @@
-"""Input framing: trimming uniform borders before the squash (``--framing trim``), on tiny synthetic images."""
+"""Input framing: trimming uniform borders before the squash (``--framing trim``), and histogram equalisation
+after the trim (``--framing trim_equalize``), on tiny synthetic images."""
 
 from __future__ import annotations
 
@@ -30,12 +31,43 @@ def test_an_image_without_borders_keeps_its_whole_frame():
 
 @pytest.mark.parametrize("border", [BLACK, EDGE], ids=["black", "edge pixels repeated"])
 @pytest.mark.parametrize("sides", [(9, 9, 12, 12), (9, 9, 0, 0), (0, 0, 12, 12), (0, 20, 3, 0)])
-def test_padding_does_not_change_the_trimmed_input(border, sides):
+@pytest.mark.parametrize("framing", ["trim", "trim_equalize"])
+def test_padding_does_not_change_the_trimmed_input(border, sides, framing):
     gray = textured()
     bigger = padded(gray, *sides, border)
     assert content_box(bigger) == (sides[0], sides[0] + gray.shape[0], sides[2], sides[2] + gray.shape[1])
-    np.testing.assert_array_equal(frame_square(bigger, 32, "trim"), frame_square(gray, 32, "trim"))
+    np.testing.assert_array_equal(frame_square(bigger, 32, framing), frame_square(gray, 32, framing))
     assert not np.array_equal(frame_square(bigger, 32, "squash"), frame_square(gray, 32, "squash"))
+
+
+@pytest.mark.parametrize("gamma", [0.7, 1.4])
+def test_equalising_makes_a_gamma_change_barely_change_the_input(gamma):
+    gray = textured()
+    darker = cv2.LUT(gray, (255 * (np.arange(256) / 255) ** gamma).round().astype(np.uint8))
+
+    def change(framing: str) -> float:
+        return np.abs(frame_square(darker, 32, framing).astype(float) - frame_square(gray, 32, framing)).mean()
+
+    assert change("trim") > 10 and change("trim_equalize") < 2
+
+
+def test_training_squares_are_equalised_again_after_augmentation():
+    from pneumo_core.registry import REGISTRY
+    from pneumo_core.train import make_dataset
+
+    spec = REGISTRY["cnn"]
+    dark = np.stack([textured(spec.input_size, spec.input_size, seed) // 4 for seed in range(8)])  # grey levels 0-63
+    targets = np.zeros(8, np.int64)
+
+    def change_when_equalised(equalize: bool) -> np.ndarray:
+        """Per square, the mean |change| in grey levels when it is equalised once more (0: already equalised)."""
+        dataset = make_dataset(dark, targets, spec, 8, 1, augment_policy="robust", equalize=equalize)
+        images, _ = next(iter(dataset))
+        squares = np.rint(np.asarray(images)[..., 0] * 255).astype(np.uint8)
+        return np.array([np.abs(cv2.equalizeHist(x).astype(float) - x).mean() for x in squares])
+
+    assert change_when_equalised(equalize=False).max() > 20
+    assert change_when_equalised(equalize=True).max() < 2
 
 
 def test_at_most_a_fixed_share_of_each_side_is_trimmed():
