@@ -1,11 +1,18 @@
 """Should a retrained model replace the shipped one? Validation and robustness, side by side.
 
 A candidate (for example cnn retrained with the best settings of its hyper-parameter search) replaces
-the shipped model only if it is better on the validation split AND no less robust there: its validation
-ROC AUC is higher, and both its framing +-10 % flip rate and its mean flip rate over every
-perturbation, measured on the validation split's images, are no higher than the shipped model's; and
-when both have a bacterial-vs-viral head, the candidate's tells the subtypes apart no worse on the
-validation split's pneumonia images (ROC AUC). The internal test split plays no part. Both
+the shipped model only if it is no worse on the validation split, no less robust there, and better in
+at least one respect:
+
+- its validation ROC AUC is at most :data:`AUC_MARGIN` below the shipped model's (on ~780 X-rays a
+  smaller difference is noise; the first rule, "higher", kept a far less steady model over 0.0009);
+- its framing +-10 % largest flip rate and its mean flip rate over every perturbation, measured on the
+  validation split's images, are no higher;
+- when both have a bacterial-vs-viral head, the candidate's ROC AUC on the validation split's pneumonia
+  images is at most :data:`SUBTYPE_AUC_MARGIN` below;
+- and its ROC AUC is higher, or one of the two flip rates is lower.
+
+The internal test split plays no part. Both
 directories need ``metrics.json`` and ``robustness_val.json`` (``python -m pneumo_core robustness --split val``).
 The verdict is written next to the shipped model (``candidate.json``, sealed) and shown on its card.
 
@@ -22,10 +29,13 @@ from pneumo_core.robustness import FRAMING_10, VALIDATION_ROBUSTNESS_FILE, read_
 from pneumo_core.subtype import read_subtype_settings
 
 CANDIDATE_FILE = "candidate.json"
+AUC_MARGIN = 0.002  # a validation ROC AUC this much lower still counts as no worse
+SUBTYPE_AUC_MARGIN = 0.01  # the same for the bacterial-vs-viral ROC AUC (fewer images: ~580 pneumonia X-rays)
 RULE = (
-    "Replace the shipped model only if the candidate's validation ROC AUC is higher and its framing +-10 % "
-    "flip rate and mean flip rate over all perturbations, on the validation split, are no higher, and (when both "
-    "have a subtype head) its validation bacterial-vs-viral ROC AUC is no lower (internal test split not used)."
+    f"Replace the shipped model only if, on the validation split, the candidate's ROC AUC is at most {AUC_MARGIN} "
+    "below the shipped model's, its framing +-10 % flip rate and mean flip rate over all perturbations are no "
+    f"higher, (when both have a subtype head) its bacterial-vs-viral ROC AUC is at most {SUBTYPE_AUC_MARGIN} "
+    "below, and it is better in one of ROC AUC, framing flip rate or mean flip rate (internal test split not used)."
 )
 
 
@@ -74,16 +84,18 @@ def subtype_val_roc_auc(directory: Path) -> float | None:
 
 def verdict(shipped: dict, candidate: dict) -> dict:
     """Whether the candidate replaces the shipped model under :data:`RULE`, with the reasons."""
+    auc = candidate["validation"]["roc_auc"], shipped["validation"]["roc_auc"]
+    framing = (candidate["robustness"]["framing_10_max_flip_rate"], shipped["robustness"]["framing_10_max_flip_rate"])
+    mean_flip = candidate["robustness"]["mean_flip_rate"], shipped["robustness"]["mean_flip_rate"]
     checks = {
-        "higher validation ROC AUC": candidate["validation"]["roc_auc"] > shipped["validation"]["roc_auc"],
-        "framing +-10 % flip rate no higher": candidate["robustness"]["framing_10_max_flip_rate"]
-        <= shipped["robustness"]["framing_10_max_flip_rate"],
-        "mean flip rate no higher": candidate["robustness"]["mean_flip_rate"]
-        <= shipped["robustness"]["mean_flip_rate"],
+        f"validation ROC AUC at most {AUC_MARGIN} lower": auc[0] >= auc[1] - AUC_MARGIN,
+        "framing +-10 % flip rate no higher": framing[0] <= framing[1],
+        "mean flip rate no higher": mean_flip[0] <= mean_flip[1],
+        "better in ROC AUC or a flip rate": auc[0] > auc[1] or framing[0] < framing[1] or mean_flip[0] < mean_flip[1],
     }
     if shipped.get("subtype_val_roc_auc") is not None and candidate.get("subtype_val_roc_auc") is not None:
-        checks["bacterial-vs-viral validation ROC AUC no lower"] = (
-            candidate["subtype_val_roc_auc"] >= shipped["subtype_val_roc_auc"]
+        checks[f"bacterial-vs-viral validation ROC AUC at most {SUBTYPE_AUC_MARGIN} lower"] = (
+            candidate["subtype_val_roc_auc"] >= shipped["subtype_val_roc_auc"] - SUBTYPE_AUC_MARGIN
         )
     return {"replace": all(checks.values()), "checks": checks}
 

@@ -19,11 +19,14 @@ def figures(auc: float, framing: float, mean_flip: float) -> dict:
     [
         (figures(0.995, 0.10, 0.04), True),  # better everywhere
         (figures(0.998, 0.34, 0.09), False),  # better on validation, less robust (the tuned cnn)
-        (figures(0.990, 0.05, 0.02), False),  # more robust, worse on validation
-        (figures(0.993, 0.10, 0.04), False),  # a tie on validation is not better
+        (figures(0.990, 0.05, 0.02), False),  # more robust, clearly worse on validation
+        (figures(0.9915, 0.05, 0.02), True),  # more robust, validation ROC AUC lower by noise only
+        (figures(0.993, 0.10, 0.04), True),  # a tie on validation, more robust
+        (figures(0.993, 0.18, 0.06), False),  # a tie everywhere: nothing gained
+        (figures(0.9925, 0.18, 0.06), False),  # slightly worse, nothing gained
     ],
 )
-def test_a_candidate_replaces_the_model_only_if_better_on_validation_and_no_less_robust(candidate, replace):
+def test_a_candidate_replaces_the_model_only_if_no_worse_no_less_robust_and_better_somewhere(candidate, replace):
     assert verdict(figures(0.993, 0.18, 0.06), candidate)["replace"] is replace
 
 
@@ -36,11 +39,13 @@ def test_the_card_section_names_the_failed_checks_and_shows_both_models():
 
 
 def test_a_candidate_with_a_weaker_subtype_head_is_not_shipped():
-    """When both models have a bacterial-vs-viral head, the candidate's may not be worse on validation."""
+    """When both models have a bacterial-vs-viral head, the candidate's may not be worse on validation beyond noise."""
     shipped = {**figures(0.993, 0.18, 0.06), "subtype_val_roc_auc": 0.79}
     weaker = {**figures(0.995, 0.10, 0.04), "subtype_val_roc_auc": 0.75}
     outcome = verdict(shipped, weaker)
-    assert outcome["replace"] is False and outcome["checks"]["bacterial-vs-viral validation ROC AUC no lower"] is False
+    check = "bacterial-vs-viral validation ROC AUC at most 0.01 lower"
+    assert outcome["replace"] is False and outcome["checks"][check] is False
+    assert verdict(shipped, {**weaker, "subtype_val_roc_auc": 0.785})["replace"] is True
     assert verdict(shipped, {**weaker, "subtype_val_roc_auc": 0.85})["replace"] is True
     text = candidate_markdown({"label": "joint", "rule": "RULE.", "shipped": shipped, "candidate": weaker, **outcome})
     assert "| validation bacterial-vs-viral ROC AUC | 0.7900 | 0.7500 |" in text
