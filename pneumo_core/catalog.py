@@ -16,13 +16,16 @@ Usage:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pneumo_core import artifacts
 from pneumo_core.artifacts import ModelConfig, ModelMetrics, ModelRefused
+from pneumo_core.metrics import VALIDATION_AUC_MARGIN
 from pneumo_core.registry import REGISTRY, ModelSpec
+from pneumo_core.robustness import framing_10_max_flip_rate, read_robustness
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,26 @@ def entry_for(spec: ModelSpec, model_dir: Path | None) -> ModelEntry:
 
 
 def best_model(entries: list[ModelEntry]) -> ModelEntry | None:
-    """The shipped model with the highest *validation* ROC AUC (never chosen on test)."""
+    """The recommended model, chosen on the validation split only (never on test).
+
+    Among the shipped models whose validation ROC AUC is within :data:`VALIDATION_AUC_MARGIN` of the highest
+    (closer is noise), the one whose readings flip least under framing +-10 % on the validation images
+    (``robustness_val.json``; a model not measured there ranks after those that were); then the higher
+    validation ROC AUC.
+    """
     shipped = [entry for entry in entries if entry.shipped]
     if not shipped:
         return None
-    return max(shipped, key=lambda entry: entry.metrics.validation.roc_auc or 0.0)
+    top = max(_validation_auc(entry) for entry in shipped)
+    tied = [entry for entry in shipped if _validation_auc(entry) >= top - VALIDATION_AUC_MARGIN]
+    return min(tied, key=lambda entry: (validation_framing_flip_rate(entry), -_validation_auc(entry)))
+
+
+def _validation_auc(entry: ModelEntry) -> float:
+    return entry.metrics.validation.roc_auc or 0.0
+
+
+def validation_framing_flip_rate(entry: ModelEntry) -> float:
+    """The entry's largest framing +-10 % flip rate on the validation images, or infinity when not measured."""
+    result = read_robustness(entry.directory, split="val")
+    return math.inf if result is None else framing_10_max_flip_rate(result)

@@ -813,6 +813,11 @@ def progress_lines(result: RobustnessResult) -> list[str]:
 # --- Reading and presenting (no TensorFlow) ----------------------------------------------------------
 
 
+def framing_10_max_flip_rate(result: RobustnessResult) -> float:
+    """The largest flip rate over the framing +-10 % perturbations (:data:`FRAMING_10`)."""
+    return max(item.flip_rate for item in result.perturbations if item.name in FRAMING_10)
+
+
 def read_robustness(directory: Path, split: str = "test") -> RobustnessResult | None:
     """``robustness.json`` (``split="val"``: ``robustness_val.json``) of a verified model directory, or None.
 

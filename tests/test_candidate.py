@@ -49,3 +49,37 @@ def test_a_candidate_with_a_weaker_subtype_head_is_not_shipped():
     assert verdict(shipped, {**weaker, "subtype_val_roc_auc": 0.85})["replace"] is True
     text = candidate_markdown({"label": "joint", "rule": "RULE.", "shipped": shipped, "candidate": weaker, **outcome})
     assert "| validation bacterial-vs-viral ROC AUC | 0.7900 | 0.7500 |" in text
+
+
+def test_the_app_recommends_the_steadiest_model_among_those_tied_on_validation(monkeypatch):
+    """Within 0.002 of the best validation ROC AUC the lowest framing flip rate wins; unmeasured ranks last."""
+    from types import SimpleNamespace
+
+    from pneumo_core import catalog
+
+    def entry(name: str, auc: float, framing_flips: float) -> SimpleNamespace:
+        validation = SimpleNamespace(roc_auc=auc)
+        return SimpleNamespace(
+            name=name, shipped=True, metrics=SimpleNamespace(validation=validation), flips=framing_flips
+        )
+
+    monkeypatch.setattr(catalog, "validation_framing_flip_rate", lambda item: item.flips)
+    sharp, steady = entry("sharp", 0.9939, 0.197), entry("steady", 0.9926, 0.063)
+    unmeasured, weak = entry("unmeasured", 0.9925, float("inf")), entry("weak", 0.9700, 0.010)
+    assert catalog.best_model([sharp, steady, unmeasured, weak]).name == "steady"
+    assert catalog.best_model([sharp, unmeasured, weak]).name == "sharp"
+    assert catalog.best_model([sharp, entry("steadier but worse", 0.9915, 0.01)]).name == "sharp"
+    assert catalog.best_model([entry("a", 0.99, 0.05), entry("b", 0.991, 0.05)]).name == "b"
+    assert catalog.best_model([]) is None
+
+
+def test_the_shipped_recommendation_follows_the_rule_on_the_committed_figures():
+    from pneumo_core.catalog import best_model, catalog, validation_framing_flip_rate
+    from pneumo_core.metrics import VALIDATION_AUC_MARGIN
+
+    shipped = [entry for entry in catalog() if entry.shipped]
+    best = best_model(shipped)
+    top = max(entry.metrics.validation.roc_auc for entry in shipped)
+    assert best.metrics.validation.roc_auc >= top - VALIDATION_AUC_MARGIN
+    tied = [entry for entry in shipped if entry.metrics.validation.roc_auc >= top - VALIDATION_AUC_MARGIN]
+    assert validation_framing_flip_rate(best) == min(validation_framing_flip_rate(entry) for entry in tied) < 0.1
