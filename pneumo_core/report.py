@@ -349,9 +349,10 @@ def _training_facts(config: ModelConfig) -> str:
         if args.init_from is not None
         else ""
     )
+    policy = args.augment + ("" if args.augment_strength == 1 else f", every range x{args.augment_strength:g}")
     return (
         f"{provenance.epochs_run} epochs, {config.parameters:,} parameters, {provenance.training_seconds / 60:.1f} min "
-        f"wall time on {where}; {libraries}. Augmentation ({args.augment}): {AUGMENT_POLICIES[args.augment]}. "
+        f"wall time on {where}; {libraries}. Augmentation ({policy}): {AUGMENT_POLICIES[args.augment]}. "
         f"Input framing ({args.framing}): {FRAMINGS[args.framing]}.{joint}{warm_start}"
     )
 

@@ -67,3 +67,11 @@ def test_shipped_model_reads_the_samples_correctly(name):
         probability = float(loaded.predict_squares(loaded.square(decode_grayscale(sample.path.read_bytes()))[None])[0])
         assert 0.0 <= probability <= 1.0
         assert loaded.label(probability) == sample.label, (sample.path.name, probability, loaded.threshold)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_card_names_the_augmentation_and_framing_the_config_records(name):
+    found = artifacts.read_model_dir(artifacts.MODELS_DIR / name)
+    args, card = found.config.args, (artifacts.MODELS_DIR / name / "card.md").read_text()
+    strength = "" if args.augment_strength == 1 else f", every range x{args.augment_strength:g}"
+    assert f"Augmentation ({args.augment}{strength})" in card and f"Input framing ({args.framing})" in card
