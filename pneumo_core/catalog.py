@@ -38,6 +38,7 @@ class ModelEntry:
     metrics: ModelMetrics | None = None
     history: tuple[dict, ...] | None = None
     refused_reason: str | None = None
+    validation_framing_flip_rate: float = math.inf  # largest framing +-10 % flip rate, validation; inf: not measured
 
     @property
     def name(self) -> str:
@@ -87,12 +88,14 @@ def entry_for(spec: ModelSpec, model_dir: Path | None) -> ModelEntry:
         return ModelEntry(spec, None)
     try:
         found = artifacts.read_model_dir(model_dir)
+        robustness = read_robustness(model_dir, split="val")
     except ModelRefused as error:
         return ModelEntry(spec, model_dir, refused_reason=str(error))
     if found.config.spec.name != spec.name:
         reason = f"The folder models/{model_dir.name} holds the model {found.config.spec.name!r}, not {spec.name!r}."
         return ModelEntry(spec, model_dir, refused_reason=reason)
-    return ModelEntry(spec, model_dir, found.config, found.metrics, found.history)
+    flips = math.inf if robustness is None else framing_10_max_flip_rate(robustness)
+    return ModelEntry(spec, model_dir, found.config, found.metrics, found.history, None, flips)
 
 
 def best_model(entries: list[ModelEntry]) -> ModelEntry | None:
@@ -100,22 +103,16 @@ def best_model(entries: list[ModelEntry]) -> ModelEntry | None:
 
     Among the shipped models whose validation ROC AUC is within :data:`VALIDATION_AUC_MARGIN` of the highest
     (closer is noise), the one whose readings flip least under framing +-10 % on the validation images
-    (``robustness_val.json``; a model not measured there ranks after those that were); then the higher
-    validation ROC AUC.
+    (``ModelEntry.validation_framing_flip_rate``, read once with the catalog; a model not measured there ranks
+    after those that were); then the higher validation ROC AUC.
     """
     shipped = [entry for entry in entries if entry.shipped]
     if not shipped:
         return None
     top = max(_validation_auc(entry) for entry in shipped)
     tied = [entry for entry in shipped if _validation_auc(entry) >= top - VALIDATION_AUC_MARGIN]
-    return min(tied, key=lambda entry: (validation_framing_flip_rate(entry), -_validation_auc(entry)))
+    return min(tied, key=lambda entry: (entry.validation_framing_flip_rate, -_validation_auc(entry)))
 
 
 def _validation_auc(entry: ModelEntry) -> float:
     return entry.metrics.validation.roc_auc or 0.0
-
-
-def validation_framing_flip_rate(entry: ModelEntry) -> float:
-    """The entry's largest framing +-10 % flip rate on the validation images, or infinity when not measured."""
-    result = read_robustness(entry.directory, split="val")
-    return math.inf if result is None else framing_10_max_flip_rate(result)
