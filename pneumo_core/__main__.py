@@ -4,7 +4,7 @@ Usage:
     python -m pneumo_core split    --data DIR
     python -m pneumo_core train    --model NAME --data DIR [--epochs N] [--backbone-weights PATH] [--out models/]
                                    [--augment basic|robust] [--framing squash|trim|trim_equalize] [--subtype-weight W]
-                                   [--init-from MODEL_DIR] [--learning-rate LR]
+                                   [--init-from MODEL_DIR] [--learning-rate LR] [--consistency-weight W]
     python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
     python -m pneumo_core predict  --model NAME FILE_OR_FOLDER... [--csv out.csv] [--json] [--batch-size N]
     python -m pneumo_core batch    --model NAME --data DIR_OR_GLOB... --out FILE.parquet|.csv [--engine local|ray]
@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="also train a bacterial-vs-viral output on the pneumonia images with this loss weight (0: off)",
+    )
+    train.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=0.0,
+        help="also feed a second, independently augmented view of each X-ray and weigh the Jensen-Shannon"
+        " divergence of the two readings with this weight, so that framing and exposure stop moving the reading"
+        " (0: off; doubles the training time)",
     )
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model on a folder of images")
@@ -230,6 +238,7 @@ def run_train(args) -> int:
         augment=args.augment or defaults.augment,
         framing=args.framing or defaults.framing,
         subtype_weight=args.subtype_weight,
+        consistency_weight=args.consistency_weight,
         init_from=None if args.init_from is None else str(args.init_from),
     )
     if args.params is not None:

@@ -120,6 +120,7 @@ class TrainArgs:
     framing: str = "squash"  # how an image becomes the square input (pneumo_core.imaging.FRAMINGS)
     init_from: str | None = None  # a trained model directory whose weights the run started from (warm start)
     init_from_sha256: str | None = None  # that directory's model.keras
+    consistency_weight: float = 0.0  # weight of the two-view consistency loss (0: off; pneumo_core.train)
 
 
 @dataclass(frozen=True)

@@ -344,6 +344,12 @@ def _training_facts(config: ModelConfig) -> str:
         if args.subtype_weight > 0
         else ""
     )
+    consistency = (
+        " Each X-ray was fed as two independently augmented views, and the difference between their readings"
+        f" was penalised (Jensen-Shannon consistency, loss weight {args.consistency_weight:g})."
+        if args.consistency_weight > 0
+        else ""
+    )
     warm_start = (
         f" Started from the weights of {args.init_from} (model.keras sha256 {args.init_from_sha256[:12]})."
         if args.init_from is not None
@@ -353,7 +359,7 @@ def _training_facts(config: ModelConfig) -> str:
     return (
         f"{provenance.epochs_run} epochs, {config.parameters:,} parameters, {provenance.training_seconds / 60:.1f} min "
         f"wall time on {where}; {libraries}. Augmentation ({policy}): {AUGMENT_POLICIES[args.augment]}. "
-        f"Input framing ({args.framing}): {FRAMINGS[args.framing]}.{joint}{warm_start}"
+        f"Input framing ({args.framing}): {FRAMINGS[args.framing]}.{joint}{consistency}{warm_start}"
     )
 
 

@@ -33,7 +33,10 @@ from pneumo_core.report import render_card
 from pneumo_core.subtype import SUBTYPES
 
 LOGGER = logging.getLogger(__name__)
-SUBTYPE_OUTPUT = "subtype"  # the joint training's second output (see with_subtype_output); never saved
+SUBTYPE_OUTPUT = "subtype"  # the joint training's second output (see training_twin); never saved
+CONSISTENCY_OUTPUT = "consistency"  # both views' pneumonia probabilities (see training_twin); never saved
+INPUT_NAME = "image"  # every registry model's input (pneumo_core.models)
+SECOND_VIEW_INPUT = "image_b"  # the second view of consistency training
 
 # Who the training images come from, recorded in every model's config.json (the app and the card read it there).
 KERMANY_POPULATION = artifacts.Population(
@@ -91,12 +94,15 @@ def make_dataset(
     augment_policy: str = "basic",
     sample_weights: np.ndarray | None = None,
     equalize: bool = False,
+    paired: bool = False,
 ) -> tf.data.Dataset:
     """Batched tf.data pipeline with caching and prefetch; shuffles when ``augment_seed`` is set
     and then also augments with ``augment_policy`` (see :mod:`pneumo_core.augment`), unless
     ``augment_strength`` is 0, and with ``equalize`` histogram-equalises the augmented squares again
     (the model's inputs always are). ``targets`` is one array, or one array per output of a joint model;
-    ``sample_weights``, when given, rides along as the third element of each batch."""
+    ``sample_weights``, when given, rides along as the third element of each batch. With ``paired``, each
+    batch holds two views of the same X-rays, ``{"image": ..., "image_b": ...}``, augmented independently
+    (identical without augmentation), for :func:`with_consistency_output`."""
     if augment_policy not in AUGMENT_POLICIES:
         raise ValueError(
             f"Unknown augmentation policy {augment_policy!r}; choose one of {', '.join(AUGMENT_POLICIES)}."
@@ -108,37 +114,42 @@ def make_dataset(
     if augment_seed is not None:
         images = images.shuffle(len(squares), seed=augment_seed, reshuffle_each_iteration=True)
     images = images.batch(batch_size)
+    if paired:
+        images = images.map(lambda x, *rest: ({INPUT_NAME: x, SECOND_VIEW_INPUT: x}, *rest))
     if augment_seed is not None and augment_strength > 0:
         images = images.map(
             augmentation(augment_policy, spec.input_size, augment_seed, augment_strength),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         if equalize:
-            images = images.map(_equalized, num_parallel_calls=tf.data.AUTOTUNE)
-    return images.map(lambda x, *rest: (spec.preprocess(x), *rest), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE
-    )
+            images = images.map(each_view(_equalize_batch), num_parallel_calls=tf.data.AUTOTUNE)
+    return images.map(each_view(spec.preprocess), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def each_view(transform):
+    """A tf.data map function applying ``transform`` to the image batch, or to each view of a paired batch."""
+    return lambda x, *rest: (tf.nest.map_structure(transform, x), *rest)
 
 
 def augmentation(policy: str, size: int, seed: int, strength: float):
     """The tf.data map function of an augmentation policy, on batches of uint8 squares (targets pass through)."""
     if policy == "basic":
         augment = keras_augmenter(seed, strength)
-        return lambda x, *rest: (augment(tf.cast(x, tf.float32), training=True), *rest)
+        return each_view(lambda x: augment(tf.cast(x, tf.float32), training=True))
     robust = robust_augmenter(size, seed, strength)
 
-    def augment_batch(x, *rest):
+    def augment_batch(x):
         out = tf.numpy_function(lambda batch: augment_squares(robust, batch), [x], tf.uint8, stateful=True)
         out.set_shape(x.shape)
-        return out, *rest
+        return out
 
-    return augment_batch
+    return each_view(augment_batch)
 
 
-def _equalized(x, *rest):
+def _equalize_batch(x):
     out = tf.numpy_function(equalize_squares, [x], tf.uint8, stateful=False)
     out.set_shape(x.shape)
-    return out, *rest
+    return out
 
 
 def class_weights(targets: np.ndarray) -> dict[int, float]:
@@ -156,9 +167,14 @@ def subtype_targets(frame: pd.DataFrame) -> np.ndarray:
     return np.select([subtype == bacteria, subtype == virus], [1.0, 0.0], default=-1.0).astype("float32")
 
 
-def joint_targets(labels: np.ndarray, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The targets of both outputs of :func:`with_subtype_output`."""
-    return {OUTPUT_LAYER: labels, SUBTYPE_OUTPUT: subtype_targets(frame)}
+def twin_targets(labels: np.ndarray, frame: pd.DataFrame, args: TrainArgs) -> dict[str, np.ndarray]:
+    """The targets of every output of :func:`training_twin` (the consistency output has none: zeros)."""
+    targets = {OUTPUT_LAYER: labels}
+    if args.subtype_weight > 0:
+        targets[SUBTYPE_OUTPUT] = subtype_targets(frame)
+    if args.consistency_weight > 0:
+        targets[CONSISTENCY_OUTPUT] = np.zeros(len(labels), dtype="float32")
+    return targets
 
 
 @keras.saving.register_keras_serializable(package="pneumo_core")
@@ -168,26 +184,58 @@ def masked_subtype_loss(y_true, y_pred):
     return keras.losses.binary_crossentropy(keras.ops.clip(y_true, 0.0, 1.0), y_pred) * mask
 
 
-def with_subtype_output(model: keras.Model) -> keras.Model:
-    """A training twin of ``model`` that shares all its layers and adds a second sigmoid output,
-    P(bacterial | pneumonia), on the features the ``pneumonia`` output reads.
+@keras.saving.register_keras_serializable(package="pneumo_core")
+def consistency_loss(y_true, y_pred):
+    """Jensen-Shannon divergence (nats) between the pneumonia probabilities of two views of one X-ray, the
+    columns of ``y_pred``; ``y_true`` is unused. 0 when the views agree; at most ln 2."""
+    del y_true
+    both = keras.ops.clip(y_pred, 1e-6, 1 - 1e-6)
+    first, second = both[..., 0], both[..., 1]
+    mean = (first + second) / 2
 
-    Only the binary ``model`` is saved; the shared features learn to tell the subtypes apart, and the
-    shipped subtype head is then fitted and calibrated on them (:func:`pneumo_core.subtype.fit_subtype_dir`).
+    def kl_to_mean(p):
+        return p * keras.ops.log(p / mean) + (1 - p) * keras.ops.log((1 - p) / (1 - mean))
+
+    return (kl_to_mean(first) + kl_to_mean(second)) / 2
+
+
+def training_twin(model: keras.Model, args: TrainArgs) -> keras.Model:
+    """``model`` itself, or a training twin sharing all its layers with extra outputs (never saved).
+
+    - ``args.subtype_weight`` above 0 adds a sigmoid output, P(bacterial | pneumonia), on the features
+      the ``pneumonia`` output reads: the shared features learn to tell the subtypes apart, and the shipped
+      subtype head is then fitted and calibrated on them (:func:`pneumo_core.subtype.fit_subtype_dir`).
+    - ``args.consistency_weight`` above 0 adds a second input, another view of the same X-ray, and an
+      output holding both views' pneumonia probabilities, whose :func:`consistency_loss` asks the model to
+      read both views alike (as AugMix's Jensen-Shannon consistency does; Hendrycks et al., ICLR 2020).
     """
-    features = model.get_layer(OUTPUT_LAYER).input
-    subtype = layers.Dense(1, activation="sigmoid", name=SUBTYPE_OUTPUT)(features)
-    return keras.Model(model.inputs, {OUTPUT_LAYER: model.output, SUBTYPE_OUTPUT: subtype})
+    if args.subtype_weight <= 0 and args.consistency_weight <= 0:
+        return model
+    inputs = {INPUT_NAME: model.inputs[0]}
+    outputs = {OUTPUT_LAYER: model.output}
+    if args.subtype_weight > 0:
+        features = model.get_layer(OUTPUT_LAYER).input
+        outputs[SUBTYPE_OUTPUT] = layers.Dense(1, activation="sigmoid", name=SUBTYPE_OUTPUT)(features)
+    if args.consistency_weight > 0:
+        inputs[SECOND_VIEW_INPUT] = keras.Input(model.inputs[0].shape[1:], name=SECOND_VIEW_INPUT)
+        second_view = model(inputs[SECOND_VIEW_INPUT])
+        outputs[CONSISTENCY_OUTPUT] = layers.Concatenate(name=CONSISTENCY_OUTPUT)([model.output, second_view])
+    return keras.Model(inputs, outputs)
 
 
-def compile_settings(subtype_weight: float) -> dict:
-    """Loss and metrics of :func:`fit_phase`: the binary loss, plus the masked subtype loss when weighted."""
+def compile_settings(args: TrainArgs) -> dict:
+    """Loss and metrics of :func:`fit_phase` for the model :func:`training_twin` makes of ``args``."""
     binary_metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
-    if subtype_weight <= 0:
+    if args.subtype_weight <= 0 and args.consistency_weight <= 0:
         return {"loss": "binary_crossentropy", "metrics": binary_metrics}
+    losses = {OUTPUT_LAYER: ("binary_crossentropy", 1.0)}
+    if args.subtype_weight > 0:
+        losses[SUBTYPE_OUTPUT] = (masked_subtype_loss, args.subtype_weight)
+    if args.consistency_weight > 0:
+        losses[CONSISTENCY_OUTPUT] = (consistency_loss, args.consistency_weight)
     return {
-        "loss": {OUTPUT_LAYER: "binary_crossentropy", SUBTYPE_OUTPUT: masked_subtype_loss},
-        "loss_weights": {OUTPUT_LAYER: 1.0, SUBTYPE_OUTPUT: subtype_weight},
+        "loss": {name: loss for name, (loss, _) in losses.items()},
+        "loss_weights": {name: weight for name, (_, weight) in losses.items()},
         "metrics": {OUTPUT_LAYER: binary_metrics},
     }
 
@@ -223,7 +271,7 @@ def fit_phase(
         log_file.unlink(missing_ok=True)  # A fresh phase; with a backup, the log holds the epochs run so far.
     else:
         LOGGER.info("Resuming phase %s from %s", phase, backup_dir)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), **compile_settings(args.subtype_weight))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), **compile_settings(args))
     callbacks = [
         keras.callbacks.ModelCheckpoint(run_dir / "best.keras", monitor="val_loss", save_best_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True),
@@ -292,19 +340,21 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
     """Fit the model: one phase from scratch, or head then fine-tuning for transfer models.
 
     ``targets`` holds each split's 0/1 labels and ``frames`` its records (their subtypes feed the joint output).
-    With ``args.subtype_weight`` above 0, the model is fitted through :func:`with_subtype_output`,
-    and the class weights become per-image sample weights (Keras takes class weights for one output only);
-    early stopping and checkpoints then watch the weighted sum of both validation losses.
+    With ``args.subtype_weight`` or ``args.consistency_weight`` above 0, the model is fitted through
+    :func:`training_twin`, and the class weights become per-image sample weights (Keras takes class weights
+    for one output only); early stopping and checkpoints then watch the weighted sum of the validation losses
+    (the validation views are identical, so consistency adds nothing there).
 
     Returns:
         One row per epoch with the Keras metrics and the phase name.
     """
     weights = class_weights(targets["train"])
-    fitted, class_weight, sample_weights = model, weights, None
-    if args.subtype_weight > 0:
-        fitted, class_weight = with_subtype_output(model), None
+    fitted, class_weight, sample_weights = training_twin(model, args), weights, None
+    if fitted is not model:
+        class_weight = None
         sample_weights = np.array([weights[label] for label in targets["train"]], dtype="float32")
-        targets = {name: joint_targets(labels, frames[name]) for name, labels in targets.items()}
+        targets = {name: twin_targets(labels, frames[name], args) for name, labels in targets.items()}
+    paired = args.consistency_weight > 0
     train_ds = make_dataset(
         squares["train"],
         targets["train"],
@@ -315,8 +365,9 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
         augment_policy=args.augment,
         sample_weights=sample_weights,
         equalize=args.framing in EQUALIZING_FRAMINGS,
+        paired=paired,
     )
-    val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None)
+    val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None, paired=paired)
     run_dir = Path(args.run_dir) / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
     phases = [("head" if spec.uses_backbone_weights else "full", args.learning_rate, args.epochs, None)]
