@@ -145,14 +145,17 @@ def verdict(reading: Reading, band: Band | None) -> str:
 
 
 def gauge_figure(reading: Reading, band: Band | None) -> go.Figure:
-    """A 0-100 % gauge of the score with the threshold marked and the indeterminate band shaded."""
+    """A 0-100 % gauge of the score with the threshold marked and the indeterminate band shaded.
+
+    The number under the needle is :func:`percent`'s, as in the text beside it (Plotly's own number would
+    round 99.96 % up to "100.0%").
+    """
     threshold = reading.threshold * 100
     low, high = (band.low * 100, band.high * 100) if band else (threshold, threshold)
     figure = go.Figure(
         go.Indicator(
-            mode="gauge+number",
+            mode="gauge",
             value=reading.probability * 100,
-            number={"suffix": "%", "valueformat": ".1f"},
             gauge={
                 "axis": {"range": [0, 100], "ticksuffix": "%"},
                 "bar": {"color": "#1f2937", "thickness": 0.3},
@@ -166,7 +169,16 @@ def gauge_figure(reading: Reading, band: Band | None) -> go.Figure:
             title={"text": "Pneumonia score (red line: operating threshold)", "font": {"size": 15}},
         )
     )
-    figure.update_layout(height=240, margin={"t": 60, "b": 10, "l": 30, "r": 30})
+    figure.add_annotation(
+        text=percent(reading.probability),
+        x=0.5,
+        y=0.02,
+        xref="paper",
+        yref="paper",
+        showarrow=False,
+        font={"size": 34, "color": "#1f2937"},
+    )
+    figure.update_layout(height=240, margin={"t": 60, "b": 10, "l": 40, "r": 40})
     return figure
 
 

@@ -87,3 +87,11 @@ def test_gauge_marks_the_threshold_and_the_band():
     assert indicator.value == pytest.approx(68.2)
     assert indicator.gauge.threshold.value == pytest.approx(85.0)
     assert [step.range for step in indicator.gauge.steps] == [(0, 30.0), (30.0, 95.0), (95.0, 100)]
+
+
+@pytest.mark.parametrize(("probability", "shown"), [(0.9996, ">99.9%"), (0.0004, "<0.1%"), (0.682, "68.2%")])
+def test_gauge_number_reads_as_the_text_beside_it(probability, shown):
+    """Plotly's own number would show 100.0% where the text says >99.9%; the gauge writes the same text."""
+    figure = gauge_figure(reading(probability), Band(0.30, 0.95))
+    assert "number" not in figure.data[0].mode
+    assert [annotation.text for annotation in figure.layout.annotations] == [shown]
