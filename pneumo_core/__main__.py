@@ -5,6 +5,7 @@ Usage:
     python -m pneumo_core train    --model NAME --data DIR [--epochs N] [--backbone-weights PATH] [--out models/]
                                    [--augment basic|robust] [--framing squash|trim|trim_equalize] [--subtype-weight W]
                                    [--init-from MODEL_DIR] [--learning-rate LR] [--consistency-weight W]
+                                   [--normal-zoom Z]
     python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
     python -m pneumo_core predict  --model NAME FILE_OR_FOLDER... [--csv out.csv] [--json] [--batch-size N]
     python -m pneumo_core batch    --model NAME --data DIR_OR_GLOB... --out FILE.parquet|.csv [--engine local|ray]
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also feed a second, independently augmented view of each X-ray and weigh the Jensen-Shannon"
         " divergence of the two readings with this weight, so that framing and exposure stop moving the reading"
         " (0: off; doubles the training time)",
+    )
+    train.add_argument(
+        "--normal-zoom",
+        type=float,
+        default=0.0,
+        help="also zoom into half of the NORMAL training images by up to 1+Z per axis, so that a tightly framed"
+        " chest stops reading as pneumonia (0: off)",
     )
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model on a folder of images")
@@ -239,6 +247,7 @@ def run_train(args) -> int:
         framing=args.framing or defaults.framing,
         subtype_weight=args.subtype_weight,
         consistency_weight=args.consistency_weight,
+        normal_zoom=args.normal_zoom,
         init_from=None if args.init_from is None else str(args.init_from),
     )
     if args.params is not None:

@@ -121,6 +121,7 @@ class TrainArgs:
     init_from: str | None = None  # a trained model directory whose weights the run started from (warm start)
     init_from_sha256: str | None = None  # that directory's model.keras
     consistency_weight: float = 0.0  # weight of the two-view consistency loss (0: off; pneumo_core.train)
+    normal_zoom: float = 0.0  # largest extra zoom into NORMAL training images (0: off; pneumo_core.augment)
 
 
 @dataclass(frozen=True)

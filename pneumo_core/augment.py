@@ -14,6 +14,10 @@ border filled: the affine transform below covers both, independently per axis.
 
 No flips: chest anatomy is not symmetric.
 
+``normal_zoomer`` is applied to the NORMAL images only (``train --normal-zoom``): in the training pool the
+pneumonia X-rays are framed tighter (smaller, wider scans), so a zoom applied to both classes alike keeps
+"the chest fills the square" a pneumonia cue; zooming normals in breaks that link.
+
 Usage:
     augment = robust_augmenter(size=160, seed=42)
     batch = augment_squares(augment, squares)   # (n, size, size) uint8 -> same shape, augmented
@@ -132,6 +136,29 @@ def robust_augmenter(size: int, seed: int, strength: float = 1.0):
         ],
         seed=seed,
     )
+
+
+def normal_zoomer(zoom: float, seed: int):
+    """Half of the time, zoom into a square by up to ``1 + zoom`` on each axis independently (the content
+    enlarged about its centre, the edges cut off), as cropping the X-ray before the squash does.
+
+    Raises:
+        ValueError: If ``zoom`` is not in (0, 1].
+    """
+    if not 0 < zoom <= 1:
+        raise ValueError(f"normal zoom must be in (0, 1], got {zoom}.")
+    import albumentations as A
+
+    scale = {"x": (1.0, 1.0 + zoom), "y": (1.0, 1.0 + zoom)}
+    return A.Compose([A.Affine(scale=scale, keep_ratio=False, border_mode=cv2.BORDER_CONSTANT, p=0.5)], seed=seed)
+
+
+def augment_where(augment, squares: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """:func:`augment_squares` on the ``chosen`` squares only (a boolean per square); the others pass unchanged."""
+    out = squares.copy()
+    if chosen.any():
+        out[chosen] = augment_squares(augment, squares[chosen])
+    return out
 
 
 def augment_squares(augment, squares: np.ndarray) -> np.ndarray:

@@ -356,6 +356,8 @@ def _training_facts(config: ModelConfig) -> str:
         else ""
     )
     policy = args.augment + ("" if args.augment_strength == 1 else f", every range x{args.augment_strength:g}")
+    if args.normal_zoom > 0:
+        policy += f"; NORMAL images also zoomed in up to x{1 + args.normal_zoom:g} half of the time"
     return (
         f"{provenance.epochs_run} epochs, {config.parameters:,} parameters, {provenance.training_seconds / 60:.1f} min "
         f"wall time on {where}; {libraries}. Augmentation ({policy}): {AUGMENT_POLICIES[args.augment]}. "

@@ -23,7 +23,15 @@ from sklearn.linear_model import LogisticRegression
 
 from pneumo_core import artifacts, data
 from pneumo_core.artifacts import TrainArgs
-from pneumo_core.augment import AUGMENT_POLICIES, augment_squares, equalize_squares, keras_augmenter, robust_augmenter
+from pneumo_core.augment import (
+    AUGMENT_POLICIES,
+    augment_squares,
+    augment_where,
+    equalize_squares,
+    keras_augmenter,
+    normal_zoomer,
+    robust_augmenter,
+)
 from pneumo_core.gate_figures import fit_gate_dir
 from pneumo_core.imaging import EQUALIZING_FRAMINGS
 from pneumo_core.metrics import MIN_SENSITIVITY, THRESHOLD_RULE, choose_threshold, compute_metrics
@@ -95,6 +103,7 @@ def make_dataset(
     sample_weights: np.ndarray | None = None,
     equalize: bool = False,
     paired: bool = False,
+    normal_zoom: float = 0.0,
 ) -> tf.data.Dataset:
     """Batched tf.data pipeline with caching and prefetch; shuffles when ``augment_seed`` is set
     and then also augments with ``augment_policy`` (see :mod:`pneumo_core.augment`), unless
@@ -102,7 +111,8 @@ def make_dataset(
     (the model's inputs always are). ``targets`` is one array, or one array per output of a joint model;
     ``sample_weights``, when given, rides along as the third element of each batch. With ``paired``, each
     batch holds two views of the same X-rays, ``{"image": ..., "image_b": ...}``, augmented independently
-    (identical without augmentation), for :func:`with_consistency_output`."""
+    (identical without augmentation), for :func:`training_twin`. ``normal_zoom`` above 0 first zooms into
+    the NORMAL images only (see :func:`pneumo_core.augment.normal_zoomer`), when augmenting."""
     if augment_policy not in AUGMENT_POLICIES:
         raise ValueError(
             f"Unknown augmentation policy {augment_policy!r}; choose one of {', '.join(AUGMENT_POLICIES)}."
@@ -114,6 +124,8 @@ def make_dataset(
     if augment_seed is not None:
         images = images.shuffle(len(squares), seed=augment_seed, reshuffle_each_iteration=True)
     images = images.batch(batch_size)
+    if augment_seed is not None and normal_zoom > 0:
+        images = images.map(zoom_normals(normal_zoom, augment_seed), num_parallel_calls=tf.data.AUTOTUNE)
     if paired:
         images = images.map(lambda x, *rest: ({INPUT_NAME: x, SECOND_VIEW_INPUT: x}, *rest))
     if augment_seed is not None and augment_strength > 0:
@@ -144,6 +156,21 @@ def augmentation(policy: str, size: int, seed: int, strength: float):
         return out
 
     return each_view(augment_batch)
+
+
+def zoom_normals(zoom: float, seed: int):
+    """The tf.data map function zooming into the NORMAL squares of a batch (label 0 of the pneumonia output)."""
+    zoomer = normal_zoomer(zoom, seed + 1)
+
+    def apply(x, targets, *rest):
+        labels = targets[OUTPUT_LAYER] if isinstance(targets, dict) else targets
+        out = tf.numpy_function(
+            lambda batch, label: augment_where(zoomer, batch, label == 0), [x, labels], tf.uint8, stateful=True
+        )
+        out.set_shape(x.shape)
+        return out, targets, *rest
+
+    return apply
 
 
 def _equalize_batch(x):
@@ -366,6 +393,7 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
         sample_weights=sample_weights,
         equalize=args.framing in EQUALIZING_FRAMINGS,
         paired=paired,
+        normal_zoom=args.normal_zoom,
     )
     val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None, paired=paired)
     run_dir = Path(args.run_dir) / spec.name
@@ -415,6 +443,8 @@ def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: 
     """
     if spec.uses_backbone_weights and args.backbone_weights is None:
         raise ValueError(f"{spec.name} needs --backbone-weights PATH, 'imagenet' or 'none'.")
+    if args.normal_zoom > 0:
+        normal_zoomer(args.normal_zoom, args.seed)  # refuses an out-of-range zoom before the images load
     keras.utils.set_random_seed(args.seed)
     started = time.time()
     frames = load_split_frames(args)

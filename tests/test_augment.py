@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumo_core.augment import augment_squares, burned_in_marker, robust_augmenter
+from pneumo_core.augment import augment_squares, burned_in_marker, normal_zoomer, robust_augmenter
 from pneumo_core.registry import get_spec
 from pneumo_core.train import make_dataset
 
@@ -135,3 +135,20 @@ def test_a_run_stopped_while_fine_tuning_does_not_train_its_head_again(tmp_path,
     history = train_module.run_phases(None, spec, args, {"train": squares, "val": squares}, targets, frames={})
     assert fitted == [("fine-tune", 2)]
     assert [(row["epoch"], row["phase"]) for row in history] == [(0, "head"), (1, "head"), (2, "fine-tune")]
+
+
+def test_normal_zoom_changes_normal_images_only():
+    spec = get_spec("cnn")
+    square = np.resize(chest_like_squares(1)[0], (spec.input_size, spec.input_size))
+    dataset = make_dataset(
+        np.stack([square] * 8), np.array([0, 1] * 4), spec, 8, augment_seed=3, augment_strength=0, normal_zoom=0.3
+    )
+    x, labels = (np.asarray(part) for part in next(iter(dataset)))
+    original = np.asarray(spec.preprocess(square[None, ..., None].astype("float32")))[0]
+    unchanged = np.array([np.allclose(image, original) for image in x])
+    assert unchanged[labels == 1].all() and not unchanged[labels == 0].all()
+
+
+def test_a_normal_zoom_outside_its_range_is_refused():
+    with pytest.raises(ValueError, match="normal zoom"):
+        normal_zoomer(1.5, seed=0)
