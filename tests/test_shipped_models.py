@@ -74,4 +74,5 @@ def test_the_card_names_the_augmentation_and_framing_the_config_records(name):
     found = artifacts.read_model_dir(artifacts.MODELS_DIR / name)
     args, card = found.config.args, (artifacts.MODELS_DIR / name / "card.md").read_text()
     strength = "" if args.augment_strength == 1 else f", every range x{args.augment_strength:g}"
-    assert f"Augmentation ({args.augment}{strength})" in card and f"Input framing ({args.framing})" in card
+    zoom = f"; NORMAL images also zoomed in up to x{1 + args.normal_zoom:g}" if args.normal_zoom else ")"
+    assert f"Augmentation ({args.augment}{strength}{zoom}" in card and f"Input framing ({args.framing})" in card
