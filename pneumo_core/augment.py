@@ -138,6 +138,16 @@ def robust_augmenter(size: int, seed: int, strength: float = 1.0):
     )
 
 
+def check_normal_zoom(zoom: float) -> None:
+    """Refuse a largest extra zoom of :func:`normal_zoomer` outside its range.
+
+    Raises:
+        ValueError: If ``zoom`` is not in (0, 1].
+    """
+    if not 0 < zoom <= 1:
+        raise ValueError(f"normal zoom must be in (0, 1], got {zoom}.")
+
+
 def normal_zoomer(zoom: float, seed: int):
     """Half of the time, zoom into a square by up to ``1 + zoom`` on each axis independently (the content
     enlarged about its centre, the edges cut off), as cropping the X-ray before the squash does.
@@ -145,8 +155,7 @@ def normal_zoomer(zoom: float, seed: int):
     Raises:
         ValueError: If ``zoom`` is not in (0, 1].
     """
-    if not 0 < zoom <= 1:
-        raise ValueError(f"normal zoom must be in (0, 1], got {zoom}.")
+    check_normal_zoom(zoom)
     import albumentations as A
 
     scale = {"x": (1.0, 1.0 + zoom), "y": (1.0, 1.0 + zoom)}

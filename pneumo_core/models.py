@@ -15,6 +15,7 @@ import keras
 from keras import layers
 
 OUTPUT_LAYER = "pneumonia"
+INPUT_NAME = "image"  # every builder's input layer (the key of a batch in a dict)
 LOGGER = logging.getLogger(__name__)
 
 
@@ -29,7 +30,7 @@ def _head(features, units: tuple[int, ...], dropout: float):
 
 def build_mlp(input_size: int, channels: int, **_: object) -> keras.Model:
     """The seed baseline: a flattened image through five dense layers."""
-    inputs = keras.Input((input_size, input_size, channels), name="image")
+    inputs = keras.Input((input_size, input_size, channels), name=INPUT_NAME)
     x = layers.Flatten(name="flatten")(inputs)
     outputs = _head(x, units=(512, 256, 128, 64), dropout=0.3)
     return keras.Model(inputs, outputs, name="mlp")
@@ -71,7 +72,7 @@ def build_cnn(
         raise ValueError(f"cnn depth must be between 1 and {len(CNN_WIDTH_MULTIPLIERS)}, got {depth}.")
     if input_size < 2 ** (depth - 1):
         raise ValueError(f"A {input_size}px input is too small for a cnn of depth {depth}.")
-    inputs = keras.Input((input_size, input_size, channels), name="image")
+    inputs = keras.Input((input_size, input_size, channels), name=INPUT_NAME)
     x = inputs
     widths = [base_filters * multiplier for multiplier in CNN_WIDTH_MULTIPLIERS[:depth]]
     for block, width in enumerate(widths, start=1):
@@ -102,7 +103,7 @@ def _backbone_weights(weights: str | Path | None) -> tuple[str | None, Path | No
 def _transfer_model(application, name: str, input_size: int, weights: str | Path | None, dropout: float):
     """Build ``application`` on an input tensor and put a pooled head on ``base.output``."""
     keras_weights, local_file = _backbone_weights(weights)
-    inputs = keras.Input((input_size, input_size, 3), name="image")
+    inputs = keras.Input((input_size, input_size, 3), name=INPUT_NAME)
     try:
         base = application(include_top=False, weights=keras_weights, input_tensor=inputs)
     except Exception as error:  # Keras raises several kinds when the download fails.

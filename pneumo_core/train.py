@@ -27,6 +27,7 @@ from pneumo_core.augment import (
     AUGMENT_POLICIES,
     augment_squares,
     augment_where,
+    check_normal_zoom,
     equalize_squares,
     keras_augmenter,
     normal_zoomer,
@@ -35,7 +36,7 @@ from pneumo_core.augment import (
 from pneumo_core.gate_figures import fit_gate_dir
 from pneumo_core.imaging import EQUALIZING_FRAMINGS
 from pneumo_core.metrics import MIN_SENSITIVITY, THRESHOLD_RULE, choose_threshold, compute_metrics
-from pneumo_core.models import OUTPUT_LAYER
+from pneumo_core.models import INPUT_NAME, OUTPUT_LAYER
 from pneumo_core.registry import ModelSpec
 from pneumo_core.report import render_card
 from pneumo_core.subtype import SUBTYPES
@@ -43,7 +44,6 @@ from pneumo_core.subtype import SUBTYPES
 LOGGER = logging.getLogger(__name__)
 SUBTYPE_OUTPUT = "subtype"  # the joint training's second output (see training_twin); never saved
 CONSISTENCY_OUTPUT = "consistency"  # both views' pneumonia probabilities (see training_twin); never saved
-INPUT_NAME = "image"  # every registry model's input (pneumo_core.models)
 SECOND_VIEW_INPUT = "image_b"  # the second view of consistency training
 
 # Who the training images come from, recorded in every model's config.json (the app and the card read it there).
@@ -444,7 +444,7 @@ def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: 
     if spec.uses_backbone_weights and args.backbone_weights is None:
         raise ValueError(f"{spec.name} needs --backbone-weights PATH, 'imagenet' or 'none'.")
     if args.normal_zoom > 0:
-        normal_zoomer(args.normal_zoom, args.seed)  # refuses an out-of-range zoom before the images load
+        check_normal_zoom(args.normal_zoom)  # before the images load
     keras.utils.set_random_seed(args.seed)
     started = time.time()
     frames = load_split_frames(args)
