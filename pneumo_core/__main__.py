@@ -6,6 +6,7 @@ Usage:
                                    [--augment basic|robust] [--framing squash|trim|trim_equalize] [--subtype-weight W]
                                    [--init-from MODEL_DIR] [--learning-rate LR] [--consistency-weight W]
                                    [--normal-zoom Z]
+    python -m pneumo_core train    --model cnn_ensemble --members MODEL_DIR MODEL_DIR... [--data DIR] [--out models/]
     python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
     python -m pneumo_core predict  --model NAME FILE_OR_FOLDER... [--csv out.csv] [--json] [--batch-size N]
     python -m pneumo_core batch    --model NAME --data DIR_OR_GLOB... --out FILE.parquet|.csv [--engine local|ray]
@@ -102,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="also zoom into half of the NORMAL training images by up to 1+Z per axis, so that a tightly framed"
         " chest stops reading as pneumonia (0: off)",
+    )
+    train.add_argument(
+        "--members",
+        type=Path,
+        nargs="+",
+        default=(),
+        metavar="MODEL_DIR",
+        help="for an ensemble model: the trained model folders to average (at least two); nothing is trained",
     )
 
     evaluate = commands.add_parser("evaluate", help="metrics of a trained model on a folder of images")
@@ -250,11 +259,13 @@ def run_train(args) -> int:
         normal_zoom=args.normal_zoom,
         init_from=None if args.init_from is None else str(args.init_from),
     )
+    members = tuple(str(path) for path in args.members)
     if args.params is not None:
         resolved = with_params_file(resolved, spec, args.params)
     if args.learning_rate is not None:  # after the params file: the command line wins
         resolved = replace(resolved, learning_rate=args.learning_rate)
-    print(f"wrote {train(spec, resolved, fit_gate=not args.no_gate, fit_subtype=not args.no_subtype)}")
+    fitted = train(spec, resolved, fit_gate=not args.no_gate, fit_subtype=not args.no_subtype, members=members)
+    print(f"wrote {fitted}")
     return 0
 
 

@@ -94,6 +94,21 @@ class SpecSummary:
 
 
 @dataclass(frozen=True)
+class EnsembleMember:
+    """One trained model an ensemble averages: where it was, its checksum and how it was trained."""
+
+    path: str  # relative to the repository
+    model_sha256: str
+    seed: int
+    augment: str
+    augment_strength: float
+    normal_zoom: float
+    init_from: str | None
+    epochs_run: int
+    training_seconds: float
+
+
+@dataclass(frozen=True)
 class TrainArgs:
     """Resolved training arguments. In ``config.json`` paths are relative to the repository
     (a path outside it is recorded as ``<outside the repository>/<its name>``)."""
@@ -122,6 +137,7 @@ class TrainArgs:
     init_from_sha256: str | None = None  # that directory's model.keras
     consistency_weight: float = 0.0  # weight of the two-view consistency loss (0: off; pneumo_core.train)
     normal_zoom: float = 0.0  # largest extra zoom into NORMAL training images (0: off; pneumo_core.augment)
+    members: tuple[EnsembleMember, ...] = ()  # the trained models an ensemble averages (pneumo_core.ensemble)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,10 @@ class ModelEntry:
         """Why the model cannot be selected (empty when shipped)."""
         if self.shipped:
             return ""
+        if self.spec.ensemble_of:
+            command = f"`python -m pneumo_core train --model {self.name} --members DIR DIR`"
+            members = f"trained {self.spec.ensemble_of} folders"
+            return self.refused_reason or f"Not assembled yet: run {command} with {members}."
         return (
             self.refused_reason
             or self.spec.unavailable_reason

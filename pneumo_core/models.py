@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 OUTPUT_LAYER = "pneumonia"
@@ -68,24 +69,113 @@ def build_cnn(
     Raises:
         ValueError: If ``depth`` is out of range or the input is too small for it.
     """
-    if not 1 <= depth <= len(CNN_WIDTH_MULTIPLIERS):
-        raise ValueError(f"cnn depth must be between 1 and {len(CNN_WIDTH_MULTIPLIERS)}, got {depth}.")
-    if input_size < 2 ** (depth - 1):
-        raise ValueError(f"A {input_size}px input is too small for a cnn of depth {depth}.")
     inputs = keras.Input((input_size, input_size, channels), name=INPUT_NAME)
-    x = inputs
-    widths = [base_filters * multiplier for multiplier in CNN_WIDTH_MULTIPLIERS[:depth]]
-    for block, width in enumerate(widths, start=1):
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f"block{block}_bn")(x)
-        is_last = block == len(widths)
-        x = layers.Activation("relu", name="last_conv_act" if is_last else f"block{block}_act")(x)
-        if not is_last:
-            x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = _cnn_tower(inputs, _cnn_widths(input_size, base_filters, depth))
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="gap_dropout")(x)
     outputs = _head(x, units=(dense_units,), dropout=dropout)
     return keras.Model(inputs, outputs, name="cnn")
+
+
+def _cnn_widths(input_size: int, base_filters: int, depth: int) -> list[int]:
+    """The filters of each conv block; refuses a depth out of range or an input too small for it."""
+    if not 1 <= depth <= len(CNN_WIDTH_MULTIPLIERS):
+        raise ValueError(f"cnn depth must be between 1 and {len(CNN_WIDTH_MULTIPLIERS)}, got {depth}.")
+    if input_size < 2 ** (depth - 1):
+        raise ValueError(f"A {input_size}px input is too small for a cnn of depth {depth}.")
+    return [base_filters * multiplier for multiplier in CNN_WIDTH_MULTIPLIERS[:depth]]
+
+
+def _cnn_tower(inputs, widths: list[int], prefix: str = ""):
+    """Conv/batch-norm/ReLU blocks with 2x2 max-pooling between them; the last activation is
+    ``<prefix>last_conv_act``."""
+    x = inputs
+    for block, width in enumerate(widths, start=1):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{prefix}block{block}_conv")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{prefix}block{block}_bn")(x)
+        is_last = block == len(widths)
+        x = layers.Activation("relu", name=f"{prefix}last_conv_act" if is_last else f"{prefix}block{block}_act")(x)
+        if not is_last:
+            x = layers.MaxPooling2D(2, name=f"{prefix}block{block}_pool")(x)
+    return x
+
+
+def member_prefix(index: int) -> str:
+    """The layer-name prefix of ensemble member ``index`` (0-based): ``m1_``, ``m2_``, ..."""
+    return f"m{index + 1}_"
+
+
+def build_cnn_ensemble(
+    input_size: int,
+    channels: int,
+    members: int = 2,
+    base_filters: int = 32,
+    depth: int = 5,
+    dropout: float = 0.3,
+    dense_units: int = 64,
+    **_: object,
+) -> keras.Model:
+    """Several :func:`build_cnn` models side by side in one flat graph, their logits averaged.
+
+    Member ``k``'s conv tower is named with :func:`member_prefix`. The towers' last activations are
+    concatenated into ``last_conv_act``, so Grad-CAM of the averaged logit is one map over every member's
+    features (each member's weighted channels summed, then the ReLU). The head has the cnn's shape, with
+    ``dense_units * members`` units: :func:`fuse_cnn_members` fills it block-diagonally, which makes the
+    output exactly ``sigmoid(mean of the members' logits)``. The ensemble is assembled, never trained as a whole.
+
+    Raises:
+        ValueError: With fewer than two members, or a depth the cnn refuses.
+    """
+    if members < 2:
+        raise ValueError(f"An ensemble needs at least two members, got {members}.")
+    widths = _cnn_widths(input_size, base_filters, depth)
+    inputs = keras.Input((input_size, input_size, channels), name=INPUT_NAME)
+    towers = [_cnn_tower(inputs, widths, member_prefix(index)) for index in range(members)]
+    x = layers.Concatenate(name="last_conv_act")(towers)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="gap_dropout")(x)
+    outputs = _head(x, units=(dense_units * members,), dropout=dropout)
+    return keras.Model(inputs, outputs, name="cnn_ensemble")
+
+
+def fuse_cnn_members(ensemble: keras.Model, members: list[keras.Model]) -> None:
+    """Give ``ensemble`` (from :func:`build_cnn_ensemble`) the weights of trained cnn ``members``.
+
+    Each member's conv blocks are copied into its tower. Its dense layer becomes one diagonal block of
+    ``head_dense1``, reading only its own pooled channels; the output layer averages the members' logits
+    (their kernels and biases divided by the number of members), so the ensemble's pre-sigmoid output is
+    the mean of theirs.
+
+    Raises:
+        ValueError: If the members' layers do not match the ensemble's towers.
+    """
+    count = len(members)
+    conv_layers = [layer.name for layer in members[0].layers if layer.get_weights() and "block" in layer.name]
+    pooled, units = [], []
+    for index, member in enumerate(members):
+        prefix = member_prefix(index)
+        for name in conv_layers:
+            target, source = ensemble.get_layer(prefix + name), member.get_layer(name)
+            if [w.shape for w in target.get_weights()] != [w.shape for w in source.get_weights()]:
+                raise ValueError(f"Member {index + 1}'s layer {name} does not match the ensemble's {prefix}{name}.")
+            target.set_weights(source.get_weights())
+        pooled.append(member.get_layer("head_dense1").get_weights())
+        units.append(member.get_layer(OUTPUT_LAYER).get_weights())
+    ensemble.get_layer("head_dense1").set_weights(_block_diagonal(pooled))
+    kernels, biases = zip(*units, strict=True)
+    ensemble.get_layer(OUTPUT_LAYER).set_weights([np.concatenate(kernels) / count, np.mean(biases, axis=0)])
+
+
+def _block_diagonal(dense_weights: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """One dense layer equal to several side by side, each reading its own slice of the input."""
+    kernels, biases = zip(*dense_weights, strict=True)
+    rows, cols = sum(k.shape[0] for k in kernels), sum(k.shape[1] for k in kernels)
+    fused = np.zeros((rows, cols), dtype=kernels[0].dtype)
+    row = col = 0
+    for kernel in kernels:
+        fused[row : row + kernel.shape[0], col : col + kernel.shape[1]] = kernel
+        row, col = row + kernel.shape[0], col + kernel.shape[1]
+    return [fused, np.concatenate(biases)]
 
 
 def _backbone_weights(weights: str | Path | None) -> tuple[str | None, Path | None]:

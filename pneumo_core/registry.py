@@ -145,6 +145,7 @@ class ModelSpec:
     uses_backbone_weights: bool = False
     unavailable_reason: str | None = None
     search_space: tuple[SearchParam, ...] = ()
+    ensemble_of: str | None = None  # an ensemble: assembled from trained models of this registry name
 
     def search_defaults(self) -> dict[str, int | float]:
         """The untuned value of every search parameter, by name."""
@@ -191,6 +192,17 @@ CNN = ModelSpec(
     search_space=CNN_SEARCH_SPACE,
 )
 
+CNN_ROBUST = replace(
+    CNN,
+    name="cnn_robust",
+    description=(
+        "The small CNN trained to ignore framing and exposure (uniform borders trimmed, robust"
+        " augmentation): its readings move less when an image is cropped, padded or exposed differently."
+    ),
+    train=replace(CNN.train, augment="robust", framing="trim"),
+    search_space=(),
+)
+
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -205,15 +217,18 @@ REGISTRY: dict[str, ModelSpec] = {
             train=TrainDefaults(epochs=40, batch_size=64, learning_rate=3e-4),
         ),
         CNN,
+        CNN_ROBUST,
         replace(
-            CNN,
-            name="cnn_robust",
+            CNN_ROBUST,
+            name="cnn_ensemble",
             description=(
-                "The small CNN trained to ignore framing and exposure (uniform borders trimmed, robust"
-                " augmentation): its readings move less when an image is cropped, padded or exposed differently."
+                "Several cnn_robust models trained apart (other seeds or augmentation), their outputs averaged"
+                " before the sigmoid: steadier and better ranked than any one of them; the heatmap is Grad-CAM"
+                " of that average over every member's last conv layer."
             ),
-            train=replace(CNN.train, augment="robust", framing="trim"),
-            search_space=(),
+            builder=lazy_builder("build_cnn_ensemble"),
+            train=replace(CNN_ROBUST.train, epochs=0),
+            ensemble_of="cnn_robust",
         ),
         ModelSpec(
             name="xception",

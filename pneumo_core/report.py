@@ -337,6 +337,8 @@ def _training_facts(config: ModelConfig) -> str:
         gpus = ", ".join(machine.gpus) or "no GPU"
         where = f"{machine.cpu_cores} CPU cores ({machine.cpu_model or 'CPU model not reported'}), {gpus}"
     libraries = ", ".join(f"{name} {version}" for name, version in provenance.libraries.items())
+    if args.members:
+        return _ensemble_facts(config, where, libraries)
     joint = (
         " Trained jointly with a bacterial-vs-viral output on the pneumonia images"
         f" (loss weight {args.subtype_weight:g}); that output is not shipped: the subtype head is fitted"
@@ -363,6 +365,28 @@ def _training_facts(config: ModelConfig) -> str:
         f"wall time on {where}; {libraries}. Augmentation ({policy}): {AUGMENT_POLICIES[args.augment]}. "
         f"Input framing ({args.framing}): {FRAMINGS[args.framing]}.{joint}{consistency}{warm_start}"
     )
+
+
+def _ensemble_facts(config: ModelConfig, where: str, libraries: str) -> str:
+    """The training paragraph of an ensemble: how it was assembled, and each member's recipe."""
+    args = config.args
+    lines = [
+        f"Not trained as a whole: assembled from {len(args.members)} trained models ({config.parameters:,} parameters"
+        f" in all) whose pre-sigmoid outputs it averages, then calibrated on the validation split, in"
+        f" {config.provenance.training_seconds / 60:.1f} min on {where}; {libraries}. Input framing ({args.framing}):"
+        f" {FRAMINGS[args.framing]}. Members:",
+        "",
+    ]
+    for index, member in enumerate(args.members, start=1):
+        policy = member.augment + ("" if member.augment_strength == 1 else f" x{member.augment_strength:g}")
+        if member.normal_zoom > 0:
+            policy += f", NORMAL images zoomed in up to x{1 + member.normal_zoom:g}"
+        start = f", started from {member.init_from}" if member.init_from else ""
+        lines.append(
+            f"{index}. `{member.path}` (model.keras sha256 {member.model_sha256[:12]}): seed {member.seed},"
+            f" augmentation {policy}{start}; {member.epochs_run} epochs, {member.training_seconds / 60:.1f} min."
+        )
+    return "\n".join(lines)
 
 
 def refresh_card(directory: Path) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -428,8 +429,13 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
     return history
 
 
-def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: bool = True) -> Path:
+def train(
+    spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: bool = True, members: Sequence[str] = ()
+) -> Path:
     """Train ``spec`` and write its complete artifact directory.
+
+    An ensemble (``spec.ensemble_of``) is assembled from the trained model directories ``members`` instead
+    (:func:`pneumo_core.ensemble.assemble`); everything after fitting is the same.
 
     With ``fit_gate``, the out-of-distribution gate is then fitted on the same training split and
     measured (see :func:`pneumo_core.gate_figures.fit_gate_dir`), so a retrained model never keeps
@@ -443,20 +449,29 @@ def train(spec: ModelSpec, args: TrainArgs, fit_gate: bool = True, fit_subtype: 
     """
     if spec.uses_backbone_weights and args.backbone_weights is None:
         raise ValueError(f"{spec.name} needs --backbone-weights PATH, 'imagenet' or 'none'.")
+    if members and spec.ensemble_of is None:
+        raise ValueError(f"{spec.name} is trained, not assembled: --members is for an ensemble model.")
     if args.normal_zoom > 0:
         check_normal_zoom(args.normal_zoom)  # before the images load
     keras.utils.set_random_seed(args.seed)
     started = time.time()
     frames = load_split_frames(args)
+    fitted_on = ("val", "test") if spec.ensemble_of else tuple(frames)  # an ensemble never sees its training images
     squares = {
-        name: data.load_arrays(frame["path"].tolist(), spec.input_size, framing=args.framing)
-        for name, frame in frames.items()
+        name: data.load_arrays(frames[name]["path"].tolist(), spec.input_size, framing=args.framing)
+        for name in fitted_on
     }
-    targets = {name: data.labels_of(frame) for name, frame in frames.items()}
+    targets = {name: data.labels_of(frames[name]) for name in fitted_on}
     LOGGER.info("Loaded %s images in %.0f s", {k: len(v) for k, v in squares.items()}, time.time() - started)
 
-    model, args = build_model(spec, args)
-    history = run_phases(model, spec, args, squares, targets, frames)
+    if spec.ensemble_of:
+        from pneumo_core.ensemble import assemble
+
+        model, args = assemble(spec, args, members)
+        history = []
+    else:
+        model, args = build_model(spec, args)
+        history = run_phases(model, spec, args, squares, targets, frames)
 
     val_input = spec.model_input(squares["val"])
     calibration = calibrate(model, val_input, targets["val"])
