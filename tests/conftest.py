@@ -55,6 +55,13 @@ def jpeg_bytes(array: np.ndarray, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
+def train_argv(name: str, dataset: Path, work: Path, *extra: str) -> list[str]:
+    """``train`` arguments for a one-epoch run on ``dataset`` writing under ``work`` (no gate, no subtype head)."""
+    return ["train", "--model", name, "--data", str(dataset), "--epochs", "1", "--out", str(work / "models"),
+            "--run-dir", str(work / "runs"), "--split-file", str(work / "split.csv"), "--no-gate", "--no-subtype",
+            *extra]  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     """A manifest-free dataset folder ``<root>/{NORMAL,PNEUMONIA}/*.jpeg`` of tiny 72x88 grayscale JPEGs.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from conftest import train_argv
 from test_augment import chest_like_squares
-from test_warm_start import train_argv
 
 from pneumo_core import artifacts
 from pneumo_core.__main__ import main

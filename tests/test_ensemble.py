@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from conftest import train_argv
 
 from pneumo_core import artifacts, models
 from pneumo_core.__main__ import main
@@ -39,12 +40,6 @@ def test_an_ensemble_needs_two_members_of_its_own_architecture():
     with pytest.raises(ValueError, match="does not match"):
         narrow = models.build_cnn(32, 1, depth=3, base_filters=16)
         models.fuse_cnn_members(ensemble, [models.build_cnn(32, 1, depth=3), narrow])
-
-
-def train_argv(name: str, dataset, work, *extra: str) -> list[str]:
-    return ["train", "--model", name, "--data", str(dataset), "--epochs", "1", "--out", str(work / "models"),
-            "--run-dir", str(work / "runs"), "--split-file", str(work / "split.csv"), "--no-gate", "--no-subtype",
-            *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

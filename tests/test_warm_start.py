@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import train_argv
 
 from pneumo_core import artifacts
 from pneumo_core.__main__ import main
-
-
-def train_argv(name: str, dataset, work, *extra: str) -> list[str]:
-    return ["train", "--model", name, "--data", str(dataset), "--epochs", "1", "--out", str(work / "models"),
-            "--run-dir", str(work / "runs"), "--split-file", str(work / "split.csv"), "--no-gate", "--no-subtype",
-            *extra]  # fmt: skip
 
 
 def test_a_warm_start_begins_with_the_trained_weights_and_records_them(synthetic_dataset, trained_models_dir, tmp_path):
