@@ -15,6 +15,7 @@ from pneumo_core.figures import (
     robustness_heatmap,
     roc_figure,
     subtype_table,
+    untrained_note,
 )
 from pneumo_core.gate_figures import gate_table
 from pneumo_core.robustness import METRICS_SHOWN, criteria_table, read_all, worst_cases_sentence
@@ -133,7 +134,10 @@ if robust:
 
 st.subheader("Training curves")
 for entry in shipped:
-    st.plotly_chart(history_figure(entry), key=f"history_{entry.name}")
+    if entry.history:
+        st.plotly_chart(history_figure(entry), key=f"history_{entry.name}")
+    else:
+        st.markdown(f"**{entry.name}**: {untrained_note(entry)}")
 
 # --- Hyper-parameter search (tuning.json, written by `python -m pneumo_core tune`) -------------------
 searches = []

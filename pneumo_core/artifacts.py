@@ -104,6 +104,7 @@ class EnsembleMember:
     augment_strength: float
     normal_zoom: float
     init_from: str | None
+    init_from_sha256: str | None
     epochs_run: int
     training_seconds: float
 

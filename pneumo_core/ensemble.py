@@ -77,6 +77,7 @@ def member_record(directory: str, member: LoadedModel) -> EnsembleMember:
         augment_strength=trained.augment_strength,
         normal_zoom=trained.normal_zoom,
         init_from=trained.init_from,
+        init_from_sha256=trained.init_from_sha256,
         epochs_run=member.config.provenance.epochs_run,
         training_seconds=member.config.provenance.training_seconds,
     )

@@ -146,6 +146,16 @@ def roc_figure(entries: list[ModelEntry]) -> go.Figure:
     return figure
 
 
+def untrained_note(entry: ModelEntry) -> str:
+    """Why a shipped model has no training curves: an ensemble is assembled from trained models, not trained."""
+    if entry.spec.ensemble_of:
+        return (
+            f"no training curves: it was assembled from trained {entry.spec.ensemble_of} models, not trained as a"
+            " whole (its model card lists them and how each was trained)."
+        )
+    return "no training curves were recorded."
+
+
 def history_figure(entry: ModelEntry) -> go.Figure:
     """Loss and accuracy per epoch, training (solid) vs validation (dashed); fine-tuning start marked."""
     history = pd.DataFrame(list(entry.history))

@@ -223,8 +223,8 @@ REGISTRY: dict[str, ModelSpec] = {
             name="cnn_ensemble",
             description=(
                 "Several cnn_robust models trained apart (other seeds or augmentation), their outputs averaged"
-                " before the sigmoid: steadier and better ranked than any one of them; the heatmap is Grad-CAM"
-                " of that average over every member's last conv layer."
+                " before the sigmoid; the heatmap is the Grad-CAM of that average over every member's last conv"
+                " layer."
             ),
             builder=lazy_builder("build_cnn_ensemble"),
             train=replace(CNN_ROBUST.train, epochs=0),

@@ -246,6 +246,7 @@ def render_card(config: ModelConfig, metrics: ModelMetrics, extra_sections: Sequ
     split_sizes = ", ".join(f"{name}: {size}" for name, size in data.split_sizes.items())
     heatmap = "Grad-CAM, Grad-CAM++ or Faster-ScoreCAM" if spec.gradcam_layer else "SmoothGrad saliency"
     calibration = config.calibration
+    sign = "-" if calibration.shift < 0 else "+"
     negative, positive = spec.class_names
     return f"""# Model card: `{spec.name}`
 
@@ -276,7 +277,7 @@ looked ({heatmap}).
 
 Threshold rule: {config.threshold_rule.text}
 
-Calibration: {calibration.method}, p = sigmoid({calibration.scale:.4f} z + {calibration.shift:.4f}).
+Calibration: {calibration.method}, p = sigmoid({calibration.scale:.4f} z {sign} {abs(calibration.shift):.4f}).
 
 ## Training
 {_training_facts(config)}
@@ -381,7 +382,7 @@ def _ensemble_facts(config: ModelConfig, where: str, libraries: str) -> str:
         policy = member.augment + ("" if member.augment_strength == 1 else f" x{member.augment_strength:g}")
         if member.normal_zoom > 0:
             policy += f", NORMAL images zoomed in up to x{1 + member.normal_zoom:g}"
-        start = f", started from {member.init_from}" if member.init_from else ""
+        start = f", started from {member.init_from} (sha256 {member.init_from_sha256[:12]})" if member.init_from else ""
         lines.append(
             f"{index}. `{member.path}` (model.keras sha256 {member.model_sha256[:12]}): seed {member.seed},"
             f" augmentation {policy}{start}; {member.epochs_run} epochs, {member.training_seconds / 60:.1f} min."

@@ -2,7 +2,8 @@
 # Train the shipped models one after another on the local copy of the dataset, with the settings
 # their config.json records. cnn_robust is fine-tuned in three warm-started stages from a border-trimmed cnn
 # trained first (runs/cnn_trim): the robust augmentation at strength 1, then at 1.4, then with NORMAL images
-# also zoomed in (--normal-zoom 0.3).
+# also zoomed in (--normal-zoom 0.3). cnn_ensemble (after cnn_robust) averages that third stage with the same
+# recipe under another seed (from the second stage) and a fourth stage with a wider normal zoom (from the third).
 # Usage: scripts/train_all.sh [DATA_DIR] [XCEPTION_WEIGHTS]   (logs in logs/<model>.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ data=${1:-../shared/data/chest_xray}
 weights=${2:-../shared/weights/xception_imagenet_notop.weights.h5}
 mkdir -p logs
 train() { .venv/bin/python -m pneumo_core train --data "$data" "$@"; }
-for model in ${MODELS:-cnn cnn_robust xception mlp}; do
+for model in ${MODELS:-cnn cnn_robust cnn_ensemble xception mlp}; do
   case $model in
     cnn) train --model cnn --subtype-weight 1 ;;
     cnn_robust)
@@ -21,6 +22,13 @@ for model in ${MODELS:-cnn cnn_robust xception mlp}; do
           --subtype-weight 1 --learning-rate 2e-4 --epochs 10 --patience 4 --out runs/cnn_robust_stage2 &&
         train --model cnn_robust --init-from runs/cnn_robust_stage2/cnn_robust --augment-strength 1.4 \
           --normal-zoom 0.3 --subtype-weight 1 --learning-rate 2e-4 --epochs 8 --patience 3 ;;
+    cnn_ensemble)
+      zoomed() { train --model cnn_robust --augment-strength 1.4 --subtype-weight 1 --learning-rate 2e-4 \
+        --epochs 8 --patience 3 "$@"; }
+      zoomed --init-from runs/cnn_robust_stage2/cnn_robust --normal-zoom 0.3 --seed 7 --out runs/cnn_robust_s7 &&
+        zoomed --init-from models/cnn_robust --normal-zoom 0.45 --out runs/cnn_robust_nz45 &&
+        train --model cnn_ensemble \
+          --members models/cnn_robust runs/cnn_robust_s7/cnn_robust runs/cnn_robust_nz45/cnn_robust ;;
     xception) train --model xception --backbone-weights "$weights" ;;
     *) train --model "$model" ;;
   esac > "logs/$model.log" 2>&1

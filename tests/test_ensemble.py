@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -91,3 +93,23 @@ def test_wrong_members_are_refused(synthetic_dataset, trained_models_dir, member
     argv = train_argv("cnn", synthetic_dataset, work, "--members", *map(str, dirs))
     assert main(argv) == 2
     assert "--members is for an ensemble" in capsys.readouterr().err
+
+
+def test_the_compare_page_says_why_an_ensemble_has_no_training_curves(synthetic_dataset, member_dirs, monkeypatch):
+    """An assembled ensemble has no epochs: the page names its members' card instead of drawing empty axes."""
+    from streamlit.runtime.state.common import user_key_from_element_id
+    from streamlit.testing.v1 import AppTest
+
+    work, dirs = member_dirs
+    models_dir = work / "app_models"
+    argv = train_argv("cnn_ensemble", synthetic_dataset, work, "--members", *map(str, dirs), "--out", str(models_dir))
+    assert main(argv) == 0
+    monkeypatch.setenv("PNEUMO_MODELS_DIR", str(models_dir))
+    app = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    app.run()
+    app.switch_page("pages/compare.py").run()
+    assert not app.exception, app.exception
+    keys = [user_key_from_element_id(chart.proto.id) for chart in app.get("plotly_chart")]
+    assert "confusion_cnn_ensemble" in keys and "history_cnn_ensemble" not in keys
+    notes = [markdown.value for markdown in app.markdown]
+    assert any(note.startswith("**cnn_ensemble**: no training curves: it was assembled") for note in notes)

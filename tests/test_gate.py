@@ -18,6 +18,7 @@ import pytest
 import skimage.data
 from dicom_fixtures import dicom_variant
 from PIL import Image
+from test_shipped_models import SHIPPED
 
 from pneumo_core import artifacts
 from pneumo_core.__main__ import main
@@ -36,7 +37,6 @@ from pneumo_core.gate_figures import PERTURBATIONS, gate_table, negative_grays, 
 from pneumo_core.imaging import read_xray, read_xray_file
 from pneumo_core.reading import Reader, read_sources
 
-SHIPPED = ("mlp", "cnn", "cnn_robust", "xception")
 MIN_NEGATIVES_REFUSED = 0.95
 MIN_TEST_ACCEPTED = 0.99
 MAX_GATE_MS = 50.0

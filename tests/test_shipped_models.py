@@ -12,7 +12,7 @@ from pneumo_core.diagnosis import list_samples
 from pneumo_core.imaging import decode_grayscale
 from pneumo_core.registry import REGISTRY
 
-SHIPPED = ("mlp", "cnn", "cnn_robust", "xception")
+SHIPPED = ("mlp", "cnn", "cnn_robust", "cnn_ensemble", "xception")
 MAX_MODELS_MB = 150
 
 
@@ -73,6 +73,13 @@ def test_shipped_model_reads_the_samples_correctly(name):
 def test_the_card_names_the_augmentation_and_framing_the_config_records(name):
     found = artifacts.read_model_dir(artifacts.MODELS_DIR / name)
     args, card = found.config.args, (artifacts.MODELS_DIR / name / "card.md").read_text()
+    if args.members:  # an ensemble: each member's recipe, one numbered line each
+        for index, member in enumerate(args.members, start=1):
+            line = f"{index}. `{member.path}` (model.keras sha256 {member.model_sha256[:12]}): seed {member.seed},"
+            strength = "" if member.augment_strength == 1 else f" x{member.augment_strength:g}"
+            assert f"{line} augmentation {member.augment}{strength}" in card
+        assert f"Input framing ({args.framing})" in card
+        return
     strength = "" if args.augment_strength == 1 else f", every range x{args.augment_strength:g}"
     zoom = f"; NORMAL images also zoomed in up to x{1 + args.normal_zoom:g}" if args.normal_zoom else ")"
     assert f"Augmentation ({args.augment}{strength}{zoom}" in card and f"Input framing ({args.framing})" in card
