@@ -259,11 +259,11 @@ def run_train(args) -> int:
         normal_zoom=args.normal_zoom,
         init_from=None if args.init_from is None else str(args.init_from),
     )
-    members = tuple(str(path) for path in args.members)
     if args.params is not None:
         resolved = with_params_file(resolved, spec, args.params)
     if args.learning_rate is not None:  # after the params file: the command line wins
         resolved = replace(resolved, learning_rate=args.learning_rate)
+    members = tuple(str(path) for path in args.members)
     fitted = train(spec, resolved, fit_gate=not args.no_gate, fit_subtype=not args.no_subtype, members=members)
     print(f"wrote {fitted}")
     return 0

@@ -5,8 +5,8 @@ is assembled, not trained: ``train --model cnn_ensemble --members DIR DIR ...`` 
 member directories, fuses their weights into the ensemble's graph (:func:`pneumo_core.models.fuse_cnn_members`),
 and then runs the same pipeline as any training run: Platt calibration and the threshold on the
 validation split, the test metrics, the gate, the subtype head, the sealed directory and its card.
-The members must share the ensemble's framing, architecture and data split, so that no member has
-seen the validation or test images.
+The members must share the ensemble's framing and architecture, and its data split (a member trained on
+another split could have seen the ensemble's validation or test images).
 
 Usage:
     python -m pneumo_core train --model cnn_ensemble --members models/cnn_robust runs/seed7/cnn_robust

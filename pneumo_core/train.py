@@ -456,12 +456,11 @@ def train(
     keras.utils.set_random_seed(args.seed)
     started = time.time()
     frames = load_split_frames(args)
-    fitted_on = ("val", "test") if spec.ensemble_of else tuple(frames)  # an ensemble never sees its training images
+    needed = ("val", "test") if spec.ensemble_of else tuple(frames)  # nothing to fit: an ensemble is assembled
     squares = {
-        name: data.load_arrays(frames[name]["path"].tolist(), spec.input_size, framing=args.framing)
-        for name in fitted_on
+        name: data.load_arrays(frames[name]["path"].tolist(), spec.input_size, framing=args.framing) for name in needed
     }
-    targets = {name: data.labels_of(frames[name]) for name in fitted_on}
+    targets = {name: data.labels_of(frames[name]) for name in needed}
     LOGGER.info("Loaded %s images in %.0f s", {k: len(v) for k, v in squares.items()}, time.time() - started)
 
     if spec.ensemble_of:
