@@ -71,7 +71,7 @@ def member_record(directory: str, member: LoadedModel) -> EnsembleMember:
     trained = member.config.args
     return EnsembleMember(
         path=artifacts.repo_relative(directory),
-        model_sha256=artifacts.sha256_of(Path(directory) / artifacts.MODEL_FILE),
+        model_sha256=member.config.checksums[artifacts.MODEL_FILE],  # verified when the member loaded
         seed=trained.seed,
         augment=trained.augment,
         augment_strength=trained.augment_strength,

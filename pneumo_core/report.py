@@ -358,14 +358,20 @@ def _training_facts(config: ModelConfig) -> str:
         if args.init_from is not None
         else ""
     )
-    policy = args.augment + ("" if args.augment_strength == 1 else f", every range x{args.augment_strength:g}")
-    if args.normal_zoom > 0:
-        policy += f"; NORMAL images also zoomed in up to x{1 + args.normal_zoom:g} half of the time"
+    policy = _augmentation_text(args.augment, args.augment_strength, args.normal_zoom)
     return (
         f"{provenance.epochs_run} epochs, {config.parameters:,} parameters, {provenance.training_seconds / 60:.1f} min "
         f"wall time on {where}; {libraries}. Augmentation ({policy}): {AUGMENT_POLICIES[args.augment]}. "
         f"Input framing ({args.framing}): {FRAMINGS[args.framing]}.{joint}{consistency}{warm_start}"
     )
+
+
+def _augmentation_text(augment: str, strength: float, normal_zoom: float) -> str:
+    """A training run's augmentation in a few words: its policy, the strength and the normal zoom when used."""
+    policy = augment + ("" if strength == 1 else f", every range x{strength:g}")
+    if normal_zoom > 0:
+        policy += f"; NORMAL images also zoomed in up to x{1 + normal_zoom:g} half of the time"
+    return policy
 
 
 def _ensemble_facts(config: ModelConfig, where: str, libraries: str) -> str:
@@ -379,13 +385,11 @@ def _ensemble_facts(config: ModelConfig, where: str, libraries: str) -> str:
         "",
     ]
     for index, member in enumerate(args.members, start=1):
-        policy = member.augment + ("" if member.augment_strength == 1 else f" x{member.augment_strength:g}")
-        if member.normal_zoom > 0:
-            policy += f", NORMAL images zoomed in up to x{1 + member.normal_zoom:g}"
+        policy = _augmentation_text(member.augment, member.augment_strength, member.normal_zoom)
         start = f", started from {member.init_from} (sha256 {member.init_from_sha256[:12]})" if member.init_from else ""
         lines.append(
             f"{index}. `{member.path}` (model.keras sha256 {member.model_sha256[:12]}): seed {member.seed},"
-            f" augmentation {policy}{start}; {member.epochs_run} epochs, {member.training_seconds / 60:.1f} min."
+            f" augmentation ({policy}){start}; {member.epochs_run} epochs, {member.training_seconds / 60:.1f} min."
         )
     return "\n".join(lines)
 

@@ -73,13 +73,16 @@ def test_shipped_model_reads_the_samples_correctly(name):
 def test_the_card_names_the_augmentation_and_framing_the_config_records(name):
     found = artifacts.read_model_dir(artifacts.MODELS_DIR / name)
     args, card = found.config.args, (artifacts.MODELS_DIR / name / "card.md").read_text()
-    if args.members:  # an ensemble: each member's recipe, one numbered line each
-        for index, member in enumerate(args.members, start=1):
-            line = f"{index}. `{member.path}` (model.keras sha256 {member.model_sha256[:12]}): seed {member.seed},"
-            strength = "" if member.augment_strength == 1 else f" x{member.augment_strength:g}"
-            assert f"{line} augmentation {member.augment}{strength}" in card
-        assert f"Input framing ({args.framing})" in card
-        return
-    strength = "" if args.augment_strength == 1 else f", every range x{args.augment_strength:g}"
-    zoom = f"; NORMAL images also zoomed in up to x{1 + args.normal_zoom:g}" if args.normal_zoom else ")"
-    assert f"Augmentation ({args.augment}{strength}{zoom}" in card and f"Input framing ({args.framing})" in card
+    assert f"Input framing ({args.framing})" in card
+    if not args.members:
+        assert f"Augmentation ({augmentation_words(args)}" in card
+    for index, member in enumerate(args.members, start=1):  # an ensemble: each member's recipe, one line each
+        line = f"{index}. `{member.path}` (model.keras sha256 {member.model_sha256[:12]}): seed {member.seed},"
+        assert f"{line} augmentation ({augmentation_words(member)}" in card
+
+
+def augmentation_words(recipe) -> str:
+    """How a card begins to describe a run's augmentation (its TrainArgs, or an ensemble member's record)."""
+    strength = "" if recipe.augment_strength == 1 else f", every range x{recipe.augment_strength:g}"
+    zoom = f"; NORMAL images also zoomed in up to x{1 + recipe.normal_zoom:g}" if recipe.normal_zoom else ")"
+    return f"{recipe.augment}{strength}{zoom}"
