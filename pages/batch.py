@@ -7,7 +7,7 @@ import streamlit as st
 from pages.common import get_catalog, get_reader, require_app_entry, session_memo
 from pneumo_core.archive import ArchiveRefused
 from pneumo_core.batch_scoring import csv_bytes, local_validation, results_table, score, upload_batch
-from pneumo_core.catalog import best_model
+from pneumo_core.catalog import RECOMMENDATION_HELP, best_model
 from pneumo_core.diagnosis import disclaimer, operating_facts, percent
 from pneumo_core.imaging import MAX_UPLOAD_MB
 from pneumo_core.local_validation import LabelsError, local_confusion_figure, local_roc_figure, metrics_table
@@ -32,6 +32,7 @@ with st.sidebar:
         index=shipped.index(best.name),
         format_func=lambda name: f"{name} (recommended)" if name == best.name else name,
         key="batch_model",
+        help=RECOMMENDATION_HELP,
     )
     entry = entries[choice]
     st.caption(entry.spec.description)

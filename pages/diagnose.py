@@ -9,7 +9,7 @@ import streamlit as st
 from pages.common import get_catalog, get_reader, require_app_entry, session_memo, shared_reading, shared_result
 from pneumo_core.artifacts import ModelRefused
 from pneumo_core.case_report import render_case_report
-from pneumo_core.catalog import best_model
+from pneumo_core.catalog import RECOMMENDATION_HELP, best_model
 from pneumo_core.diagnosis import (
     compare_models,
     disclaimer,
@@ -46,7 +46,12 @@ def model_label(name: str) -> str:
 with st.sidebar:
     st.header("Model")
     choice = st.selectbox(
-        "Model to run", list(entries), index=list(entries).index(best.name), format_func=model_label, key="model"
+        "Model to run",
+        list(entries),
+        index=list(entries).index(best.name),
+        format_func=model_label,
+        key="model",
+        help=RECOMMENDATION_HELP,
     )
     entry = entries[choice]
     st.caption(entry.spec.description)

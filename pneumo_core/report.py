@@ -166,7 +166,7 @@ def robustness_table(models_dir: Path) -> str:
                 _criteria_pair(summary, "framing ±10 %"),
                 _criteria_pair(summary, "gamma 0.7 to 1.4"),
                 _fmt(summary.ece_under_shift),
-                f"{sum(criterion.passed for criterion in summary.criteria)} of {len(summary.criteria)}",
+                f"{summary.targets_met} of {len(summary.criteria)}",
             ]
         )
     return "\n".join(_table(ROBUSTNESS_HEADER, rows))

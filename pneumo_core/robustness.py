@@ -389,6 +389,11 @@ class RobustnessSummary:
     criteria: tuple[Criterion, ...]
     all_passed: bool
 
+    @property
+    def targets_met(self) -> int:
+        """How many of the done-when criteria are met."""
+        return sum(criterion.passed for criterion in self.criteria)
+
 
 @dataclass(frozen=True)
 class DataSource:
@@ -912,7 +917,7 @@ def card_markdown(result: RobustnessResult) -> str:
         f"{case.perturbation}: {case.value:.1%} of readings change" for case in summary.worst_by_flip_rate
     )
     ece = "n/a" if summary.ece_under_shift is None else f"{summary.ece_under_shift:.3f}"
-    met = sum(criterion.passed for criterion in summary.criteria)
+    met = summary.targets_met
     return (
         "## Robustness to framing and exposure\n"
         f"The same {result.n} X-rays ({result.data.description}) were read again after {len(result.perturbations)} "

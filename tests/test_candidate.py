@@ -51,24 +51,45 @@ def test_a_candidate_with_a_weaker_subtype_head_is_not_shipped():
     assert "| validation bacterial-vs-viral ROC AUC | 0.7900 | 0.7500 |" in text
 
 
-def test_the_app_recommends_the_steadiest_model_among_those_tied_on_validation():
-    """Within 0.002 of the best validation ROC AUC the lowest framing flip rate wins; unmeasured ranks last."""
+def recommendable(name: str, auc: float, framing_flips: float, targets_met: int = 3):
+    """A stand-in catalog entry with the figures :func:`catalog.best_model` reads."""
     from types import SimpleNamespace
 
+    metrics = SimpleNamespace(validation=SimpleNamespace(roc_auc=auc))
+    return SimpleNamespace(
+        name=name,
+        shipped=True,
+        metrics=metrics,
+        validation_framing_flip_rate=framing_flips,
+        validation_targets_met=targets_met,
+    )
+
+
+def test_the_app_recommends_the_steadiest_model_among_those_tied_on_validation():
+    """Meeting as many targets: within 0.002 of the best validation ROC AUC the lowest framing flip rate wins."""
     from pneumo_core import catalog
 
-    def entry(name: str, auc: float, framing_flips: float) -> SimpleNamespace:
-        validation = SimpleNamespace(roc_auc=auc)
-        metrics = SimpleNamespace(validation=validation)
-        return SimpleNamespace(name=name, shipped=True, metrics=metrics, validation_framing_flip_rate=framing_flips)
-
-    sharp, steady = entry("sharp", 0.9939, 0.197), entry("steady", 0.9926, 0.063)
-    unmeasured, weak = entry("unmeasured", 0.9925, float("inf")), entry("weak", 0.9700, 0.010)
+    sharp, steady = recommendable("sharp", 0.9939, 0.197), recommendable("steady", 0.9926, 0.063)
+    unmeasured = recommendable("unmeasured", 0.9945, float("inf"), targets_met=-1)
+    weak = recommendable("weak", 0.9700, 0.010)
     assert catalog.best_model([sharp, steady, unmeasured, weak]).name == "steady"
     assert catalog.best_model([sharp, unmeasured, weak]).name == "sharp"
-    assert catalog.best_model([sharp, entry("steadier but worse", 0.9915, 0.01)]).name == "sharp"
-    assert catalog.best_model([entry("a", 0.99, 0.05), entry("b", 0.991, 0.05)]).name == "b"
+    assert catalog.best_model([sharp, recommendable("steadier but worse", 0.9915, 0.01)]).name == "sharp"
+    assert catalog.best_model([recommendable("a", 0.99, 0.05), recommendable("b", 0.991, 0.05)]).name == "b"
+    assert catalog.best_model([unmeasured]).name == "unmeasured"
     assert catalog.best_model([]) is None
+
+
+def test_the_app_recommends_a_model_meeting_more_robustness_targets_even_if_it_ranks_lower():
+    """The robustness targets come first: 4 of 6 met beats 3 of 6, whatever the ROC AUC; then the usual rule."""
+    from pneumo_core import catalog
+
+    sharp = recommendable("sharp", 0.9939, 0.197, targets_met=3)
+    robust = recommendable("robust", 0.9890, 0.037, targets_met=4)
+    robust_ensemble = recommendable("robust ensemble", 0.9897, 0.037, targets_met=4)
+    assert catalog.best_model([sharp, robust]).name == "robust"
+    assert catalog.best_model([sharp, robust, robust_ensemble]).name == "robust ensemble"
+    assert catalog.best_model([sharp, recommendable("worse on all", 0.97, 0.20, targets_met=2)]).name == "sharp"
 
 
 def test_the_shipped_recommendation_follows_the_rule_on_the_committed_figures():
@@ -77,7 +98,9 @@ def test_the_shipped_recommendation_follows_the_rule_on_the_committed_figures():
 
     shipped = [entry for entry in catalog() if entry.shipped]
     best = best_model(shipped)
-    top = max(entry.metrics.validation.roc_auc for entry in shipped)
+    assert best.validation_targets_met == max(entry.validation_targets_met for entry in shipped) >= 0
+    leaders = [entry for entry in shipped if entry.validation_targets_met == best.validation_targets_met]
+    top = max(entry.metrics.validation.roc_auc for entry in leaders)
     assert best.metrics.validation.roc_auc >= top - VALIDATION_AUC_MARGIN
-    tied = [entry for entry in shipped if entry.metrics.validation.roc_auc >= top - VALIDATION_AUC_MARGIN]
+    tied = [entry for entry in leaders if entry.metrics.validation.roc_auc >= top - VALIDATION_AUC_MARGIN]
     assert best.validation_framing_flip_rate == min(entry.validation_framing_flip_rate for entry in tied)
