@@ -4,6 +4,7 @@
 # trained first (runs/cnn_trim): the robust augmentation at strength 1, then at 1.4, then with NORMAL images
 # also zoomed in (--normal-zoom 0.3). cnn_ensemble (after cnn_robust) averages that third stage with the same
 # recipe under another seed (from the second stage) and a fourth stage with a wider normal zoom (from the third).
+# xception is trained with the basic augmentation, then fine-tuned again with the robust one and the normal zoom.
 # Usage: scripts/train_all.sh [DATA_DIR] [XCEPTION_WEIGHTS]   (logs in logs/<model>.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,10 @@ for model in ${MODELS:-cnn cnn_robust cnn_ensemble xception mlp}; do
         zoomed --init-from models/cnn_robust --normal-zoom 0.45 --out runs/cnn_robust_nz45 &&
         train --model cnn_ensemble \
           --members models/cnn_robust runs/cnn_robust_s7/cnn_robust runs/cnn_robust_nz45/cnn_robust ;;
-    xception) train --model xception --backbone-weights "$weights" ;;
+    xception)
+      train --model xception --backbone-weights "$weights" --out runs/xception_basic &&
+        train --model xception --init-from runs/xception_basic/xception --backbone-weights none --epochs 0 \
+          --fine-tune-epochs 6 --fine-tune-learning-rate 3e-5 --augment robust --normal-zoom 0.3 --patience 2 ;;
     *) train --model "$model" ;;
   esac > "logs/$model.log" 2>&1
 done
