@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages.common import get_catalog, require_app_entry, side_by_side
-from pneumo_core.catalog import models_dir
+from pneumo_core.catalog import best_model, models_dir, recommendation_text
 from pneumo_core.figures import (
     best_per_column,
     comparison_table,
@@ -131,6 +131,7 @@ if robust:
         "specificity by at most 0.03; ROC AUC at least 0.99; ECE under shift (the mean expected calibration "
         "error over all perturbations) at most 0.05. In brackets: the perturbation that gave the value."
     )
+st.markdown(recommendation_text(best_model(shipped)))
 
 st.subheader("Training curves")
 for entry in shipped:

@@ -135,5 +135,20 @@ def best_model(entries: list[ModelEntry]) -> ModelEntry | None:
     return min(tied, key=lambda entry: (entry.validation_framing_flip_rate, -_validation_auc(entry)))
 
 
+def recommendation_text(best: ModelEntry) -> str:
+    """Why the app recommends ``best`` (the result of :func:`best_model`), in one Markdown sentence."""
+    if best.validation_targets_met < 0:
+        return (
+            f"The app recommends `{best.name}` (marked in the model lists): no model's robustness was measured on "
+            "the validation images, so it has the best validation ROC AUC (`robustness --split val` measures it)."
+        )
+    return (
+        f"The app recommends `{best.name}` (marked in the model lists): on the validation images it meets "
+        f"{best.validation_targets_met} of the six robustness targets and no model meets more; of those meeting as "
+        f"many, it ranks within {VALIDATION_AUC_MARGIN} of the best validation ROC AUC and flips least under framing "
+        "±10 %. The test split plays no part in this choice."
+    )
+
+
 def _validation_auc(entry: ModelEntry) -> float:
     return entry.metrics.validation.roc_auc or 0.0

@@ -77,6 +77,7 @@ def test_compare_page_renders(app):
     assert app.title[0].value == "Compare models"
     assert not app.error
     assert sorted(app.dataframe[0].value.index) == ["cnn", "mlp"]
+    assert any(text.value.startswith("The app recommends `") for text in app.markdown)
 
 
 def test_cards_page_renders(app):

@@ -93,7 +93,7 @@ def test_the_app_recommends_a_model_meeting_more_robustness_targets_even_if_it_r
 
 
 def test_the_shipped_recommendation_follows_the_rule_on_the_committed_figures():
-    from pneumo_core.catalog import best_model, catalog
+    from pneumo_core.catalog import best_model, catalog, recommendation_text
     from pneumo_core.metrics import VALIDATION_AUC_MARGIN
 
     shipped = [entry for entry in catalog() if entry.shipped]
@@ -104,3 +104,5 @@ def test_the_shipped_recommendation_follows_the_rule_on_the_committed_figures():
     assert best.metrics.validation.roc_auc >= top - VALIDATION_AUC_MARGIN
     tied = [entry for entry in leaders if entry.metrics.validation.roc_auc >= top - VALIDATION_AUC_MARGIN]
     assert best.validation_framing_flip_rate == min(entry.validation_framing_flip_rate for entry in tied)
+    why = recommendation_text(best)
+    assert why.startswith(f"The app recommends `{best.name}`") and f"meets {best.validation_targets_met} of" in why
