@@ -99,10 +99,13 @@ def entry_for(spec: ModelSpec, model_dir: Path | None) -> ModelEntry:
     if found.config.spec.name != spec.name:
         reason = f"The folder models/{model_dir.name} holds the model {found.config.spec.name!r}, not {spec.name!r}."
         return ModelEntry(spec, model_dir, refused_reason=reason)
-    if robustness is None:
-        return ModelEntry(spec, model_dir, found.config, found.metrics, found.history)
-    flips, met = framing_10_max_flip_rate(robustness), robustness.summary.targets_met
-    return ModelEntry(spec, model_dir, found.config, found.metrics, found.history, None, flips, met)
+    measured = {}
+    if robustness is not None:
+        measured = {
+            "validation_framing_flip_rate": framing_10_max_flip_rate(robustness),
+            "validation_targets_met": robustness.summary.targets_met,
+        }
+    return ModelEntry(spec, model_dir, found.config, found.metrics, found.history, **measured)
 
 
 RECOMMENDATION_HELP = (
