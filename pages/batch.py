@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import get_catalog, get_reader, require_app_entry, session_memo
+from pages.common import get_catalog, get_reader, model_picker, require_app_entry, session_memo
 from pneumo_core.archive import ArchiveRefused
 from pneumo_core.batch_scoring import csv_bytes, local_validation, results_table, score, upload_batch
-from pneumo_core.catalog import RECOMMENDATION_HELP, best_model
+from pneumo_core.catalog import best_model
 from pneumo_core.diagnosis import disclaimer, operating_facts, percent
 from pneumo_core.imaging import MAX_UPLOAD_MB
 from pneumo_core.local_validation import LabelsError, local_confusion_figure, local_roc_figure, metrics_table
@@ -17,25 +17,13 @@ require_app_entry()  # Before anything is drawn: pages are reached through app.p
 
 st.title("Many X-rays at once")
 
-entries = {entry.name: entry for entry in get_catalog()}
-shipped = [name for name, entry in entries.items() if entry.shipped]
-best = best_model(list(entries.values()))
+shipped = {entry.name: entry for entry in get_catalog() if entry.shipped}
+best = best_model(list(shipped.values()))
 if best is None:
     st.error("No trained models were found in models/. See the model cards for how to train one.")
     st.stop()
 
-with st.sidebar:
-    st.header("Model")
-    choice = st.selectbox(
-        "Model to run",
-        shipped,
-        index=shipped.index(best.name),
-        format_func=lambda name: f"{name} (recommended)" if name == best.name else name,
-        key="batch_model",
-        help=RECOMMENDATION_HELP,
-    )
-    entry = entries[choice]
-    st.caption(entry.spec.description)
+entry = model_picker(shipped, best, key="batch_model")
 st.caption(disclaimer(entry.config))
 
 st.markdown(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import streamlit as st
 
-from pneumo_core.catalog import ModelEntry, catalog, models_dir
+from pneumo_core.catalog import RECOMMENDATION_HELP, ModelEntry, catalog, models_dir
 from pneumo_core.serving import RESULTS, URGENT, WORK_QUEUE
 
 if TYPE_CHECKING:  # TensorFlow is imported only by the pages that run a model.
@@ -256,3 +256,19 @@ def side_by_side(items: Sequence[T], per_row: int = 2) -> Iterator[tuple[object,
     """Each item with a column to draw it in, ``per_row`` columns to a row (so four figures stay legible)."""
     for start in range(0, len(items), per_row):
         yield from zip(st.columns(per_row), items[start : start + per_row], strict=False)
+
+
+def model_picker(shipped: dict[str, ModelEntry], best: ModelEntry, key: str) -> ModelEntry:
+    """The sidebar's model selectbox, the recommended model preselected and marked; the chosen model's description."""
+    with st.sidebar:
+        st.header("Model")
+        choice = st.selectbox(
+            "Model to run",
+            list(shipped),
+            index=list(shipped).index(best.name),
+            format_func=lambda name: f"{name} (recommended)" if name == best.name else name,
+            key=key,
+            help=RECOMMENDATION_HELP,
+        )
+        st.caption(shipped[choice].spec.description)
+    return shipped[choice]

@@ -6,10 +6,18 @@ import hashlib
 
 import streamlit as st
 
-from pages.common import get_catalog, get_reader, require_app_entry, session_memo, shared_reading, shared_result
+from pages.common import (
+    get_catalog,
+    get_reader,
+    model_picker,
+    require_app_entry,
+    session_memo,
+    shared_reading,
+    shared_result,
+)
 from pneumo_core.artifacts import ModelRefused
 from pneumo_core.case_report import render_case_report
-from pneumo_core.catalog import RECOMMENDATION_HELP, best_model
+from pneumo_core.catalog import best_model
 from pneumo_core.diagnosis import (
     compare_models,
     disclaimer,
@@ -38,23 +46,7 @@ if best is None:
     st.error("No usable trained model was found in models/. See the model cards for how to train one.")
     st.stop()
 
-
-def model_label(name: str) -> str:
-    return f"{name} (recommended)" if name == best.name else name
-
-
-with st.sidebar:
-    st.header("Model")
-    choice = st.selectbox(
-        "Model to run",
-        list(entries),
-        index=list(entries).index(best.name),
-        format_func=model_label,
-        key="model",
-        help=RECOMMENDATION_HELP,
-    )
-    entry = entries[choice]
-    st.caption(entry.spec.description)
+entry = model_picker(entries, best, key="model")
 st.caption(disclaimer(entry.config))
 
 # --- Input -------------------------------------------------------------------------------------
