@@ -5,7 +5,7 @@ Usage:
     python -m pneumo_core train    --model NAME --data DIR [--epochs N] [--backbone-weights PATH] [--out models/]
                                    [--augment basic|robust] [--framing squash|trim|trim_equalize] [--subtype-weight W]
                                    [--init-from MODEL_DIR] [--learning-rate LR] [--consistency-weight W]
-                                   [--normal-zoom Z]
+                                   [--normal-zoom Z] [--aspect-swap F]
     python -m pneumo_core train    --model cnn_ensemble --members MODEL_DIR MODEL_DIR... [--data DIR] [--out models/]
     python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
     python -m pneumo_core predict  --model NAME FILE_OR_FOLDER... [--csv out.csv] [--json] [--batch-size N]
@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="also zoom into half of the NORMAL training images by up to 1+Z per axis, so that a tightly framed"
         " chest stops reading as pneumonia (0: off)",
+    )
+    train.add_argument(
+        "--aspect-swap",
+        type=float,
+        default=0.0,
+        help="also give half of the training images the other class's proportions by zooming in on one axis by"
+        " about F (NORMAL vertically, PNEUMONIA horizontally; 1.24 is the ratio of the classes' median aspects in"
+        " the training split), so that narrow- or wide-looking anatomy stops telling the classes apart (0: off)",
     )
     train.add_argument(
         "--members",
@@ -257,6 +265,7 @@ def run_train(args) -> int:
         subtype_weight=args.subtype_weight,
         consistency_weight=args.consistency_weight,
         normal_zoom=args.normal_zoom,
+        aspect_swap=args.aspect_swap,
         init_from=None if args.init_from is None else str(args.init_from),
     )
     if args.params is not None:

@@ -107,6 +107,7 @@ class EnsembleMember:
     init_from_sha256: str | None
     epochs_run: int
     training_seconds: float
+    aspect_swap: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class TrainArgs:
     init_from_sha256: str | None = None  # that directory's model.keras
     consistency_weight: float = 0.0  # weight of the two-view consistency loss (0: off; pneumo_core.train)
     normal_zoom: float = 0.0  # largest extra zoom into NORMAL training images (0: off; pneumo_core.augment)
+    aspect_swap: float = 0.0  # one-axis zoom giving each class the other's proportions (0: off; pneumo_core.augment)
     members: tuple[EnsembleMember, ...] = ()  # the trained models an ensemble averages (pneumo_core.ensemble)
 
 

@@ -162,6 +162,44 @@ def normal_zoomer(zoom: float, seed: int):
     return A.Compose([A.Affine(scale=scale, keep_ratio=False, border_mode=cv2.BORDER_CONSTANT, p=0.5)], seed=seed)
 
 
+def check_aspect_swap(factor: float) -> None:
+    """Refuse an aspect swap factor of :func:`aspect_swappers` outside its range.
+
+    Raises:
+        ValueError: If ``factor`` is not in (1, 2].
+    """
+    if not 1 < factor <= 2:
+        raise ValueError(f"aspect swap factor must be in (1, 2], got {factor}.")
+
+
+def aspect_swappers(factor: float, seed: int) -> dict[int, object]:
+    """Per class (0 NORMAL, 1 PNEUMONIA), an augmenter that half of the time gives a square the other class's
+    typical proportions, by zooming in on one axis by about ``factor`` (0.5 to 1.5 times its excess over 1).
+
+    Squashing a wide X-ray into the square narrows its anatomy. In the training pool the pneumonia X-rays
+    are wider than the normal ones (median aspect 1.49 against 1.21), so narrow-looking anatomy reads as
+    pneumonia: cutting the sides off an X-ray turns pneumonia readings normal, cutting top and bottom does
+    the reverse. Here NORMAL squares are zoomed vertically (anatomy narrowed, as a wide X-ray's) and
+    PNEUMONIA squares horizontally (widened, as a square-ish X-ray's), each half of the time, so both
+    classes show both proportions about equally often. ``factor`` is the ratio of the two median aspects.
+
+    Raises:
+        ValueError: If ``factor`` is not in (1, 2].
+    """
+    check_aspect_swap(factor)
+    import albumentations as A
+
+    excess = factor - 1
+    zoom = (1 + excess / 2, 1 + 1.5 * excess)
+
+    def one_axis(axis: str) -> A.Compose:
+        scale = {"x": (1.0, 1.0), "y": (1.0, 1.0)} | {axis: zoom}
+        affine = A.Affine(scale=scale, keep_ratio=False, border_mode=cv2.BORDER_CONSTANT, p=0.5)
+        return A.Compose([affine], seed=seed + (axis == "x"))
+
+    return {0: one_axis("y"), 1: one_axis("x")}
+
+
 def augment_where(augment, squares: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     """:func:`augment_squares` on the ``chosen`` squares only (a boolean per square); the others pass unchanged."""
     out = squares.copy()

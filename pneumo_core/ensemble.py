@@ -80,4 +80,5 @@ def member_record(directory: str, member: LoadedModel) -> EnsembleMember:
         init_from_sha256=trained.init_from_sha256,
         epochs_run=member.config.provenance.epochs_run,
         training_seconds=member.config.provenance.training_seconds,
+        aspect_swap=trained.aspect_swap,
     )

@@ -358,7 +358,7 @@ def _training_facts(config: ModelConfig) -> str:
         if args.init_from is not None
         else ""
     )
-    policy = _augmentation_text(args.augment, args.augment_strength, args.normal_zoom)
+    policy = _augmentation_text(args.augment, args.augment_strength, args.normal_zoom, args.aspect_swap)
     return (
         f"{provenance.epochs_run} epochs, {config.parameters:,} parameters, {provenance.training_seconds / 60:.1f} min "
         f"wall time on {where}; {libraries}. Augmentation ({policy}): {AUGMENT_POLICIES[args.augment]}. "
@@ -366,11 +366,17 @@ def _training_facts(config: ModelConfig) -> str:
     )
 
 
-def _augmentation_text(augment: str, strength: float, normal_zoom: float) -> str:
-    """A training run's augmentation in a few words: its policy, the strength and the normal zoom when used."""
+def _augmentation_text(augment: str, strength: float, normal_zoom: float, aspect_swap: float = 0.0) -> str:
+    """A training run's augmentation in a few words: its policy, the strength, the normal zoom and the aspect swap
+    when used."""
     policy = augment + ("" if strength == 1 else f", every range x{strength:g}")
     if normal_zoom > 0:
         policy += f"; NORMAL images also zoomed in up to x{1 + normal_zoom:g} half of the time"
+    if aspect_swap > 0:
+        policy += (
+            f"; half of the images given the other class's proportions (NORMAL zoomed vertically, PNEUMONIA"
+            f" horizontally, about x{aspect_swap:g})"
+        )
     return policy
 
 
@@ -385,7 +391,7 @@ def _ensemble_facts(config: ModelConfig, where: str, libraries: str) -> str:
         "",
     ]
     for index, member in enumerate(args.members, start=1):
-        policy = _augmentation_text(member.augment, member.augment_strength, member.normal_zoom)
+        policy = _augmentation_text(member.augment, member.augment_strength, member.normal_zoom, member.aspect_swap)
         start = f", started from {member.init_from} (sha256 {member.init_from_sha256[:12]})" if member.init_from else ""
         lines.append(
             f"{index}. `{member.path}` (model.keras sha256 {member.model_sha256[:12]}): seed {member.seed},"

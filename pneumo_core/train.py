@@ -26,8 +26,10 @@ from pneumo_core import artifacts, data
 from pneumo_core.artifacts import TrainArgs
 from pneumo_core.augment import (
     AUGMENT_POLICIES,
+    aspect_swappers,
     augment_squares,
     augment_where,
+    check_aspect_swap,
     check_normal_zoom,
     equalize_squares,
     keras_augmenter,
@@ -105,6 +107,7 @@ def make_dataset(
     equalize: bool = False,
     paired: bool = False,
     normal_zoom: float = 0.0,
+    aspect_swap: float = 0.0,
 ) -> tf.data.Dataset:
     """Batched tf.data pipeline with caching and prefetch; shuffles when ``augment_seed`` is set
     and then also augments with ``augment_policy`` (see :mod:`pneumo_core.augment`), unless
@@ -112,8 +115,8 @@ def make_dataset(
     (the model's inputs always are). ``targets`` is one array, or one array per output of a joint model;
     ``sample_weights``, when given, rides along as the third element of each batch. With ``paired``, each
     batch holds two views of the same X-rays, ``{"image": ..., "image_b": ...}``, augmented independently
-    (identical without augmentation), for :func:`training_twin`. ``normal_zoom`` above 0 first zooms into
-    the NORMAL images only (see :func:`pneumo_core.augment.normal_zoomer`), when augmenting."""
+    (identical without augmentation), for :func:`training_twin`. When augmenting, ``normal_zoom`` and
+    ``aspect_swap`` above 0 first apply their class-conditional augmenters (:func:`class_augmenters`)."""
     if augment_policy not in AUGMENT_POLICIES:
         raise ValueError(
             f"Unknown augmentation policy {augment_policy!r}; choose one of {', '.join(AUGMENT_POLICIES)}."
@@ -125,8 +128,9 @@ def make_dataset(
     if augment_seed is not None:
         images = images.shuffle(len(squares), seed=augment_seed, reshuffle_each_iteration=True)
     images = images.batch(batch_size)
-    if augment_seed is not None and normal_zoom > 0:
-        images = images.map(zoom_normals(normal_zoom, augment_seed), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment_seed is not None and (normal_zoom > 0 or aspect_swap > 0):
+        per_class = class_augmenters(normal_zoom, aspect_swap, augment_seed)
+        images = images.map(augment_by_class(per_class), num_parallel_calls=tf.data.AUTOTUNE)
     if paired:
         images = images.map(lambda x, *rest: ({INPUT_NAME: x, SECOND_VIEW_INPUT: x}, *rest))
     if augment_seed is not None and augment_strength > 0:
@@ -159,15 +163,32 @@ def augmentation(policy: str, size: int, seed: int, strength: float):
     return each_view(augment_batch)
 
 
-def zoom_normals(zoom: float, seed: int):
-    """The tf.data map function zooming into the NORMAL squares of a batch (label 0 of the pneumonia output)."""
-    zoomer = normal_zoomer(zoom, seed + 1)
+def class_augmenters(normal_zoom: float, aspect_swap: float, seed: int) -> dict[int, list]:
+    """The augmenters applied to one class only, per label (0 NORMAL, 1 PNEUMONIA), in order: the normal zoom
+    (:func:`pneumo_core.augment.normal_zoomer`), then the aspect swap (:func:`pneumo_core.augment.aspect_swappers`);
+    each is off at 0."""
+    per_class: dict[int, list] = {0: [], 1: []}
+    if normal_zoom > 0:
+        per_class[0].append(normal_zoomer(normal_zoom, seed + 1))
+    if aspect_swap > 0:
+        for label, swapper in aspect_swappers(aspect_swap, seed + 2).items():
+            per_class[label].append(swapper)
+    return per_class
+
+
+def augment_by_class(per_class: dict[int, list]):
+    """The tf.data map function applying :func:`class_augmenters` to the squares of their class in a batch
+    (the label of the pneumonia output)."""
+
+    def on_batch(batch: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        for label, augmenters in per_class.items():
+            for augment in augmenters:
+                batch = augment_where(augment, batch, labels == label)
+        return batch
 
     def apply(x, targets, *rest):
         labels = targets[OUTPUT_LAYER] if isinstance(targets, dict) else targets
-        out = tf.numpy_function(
-            lambda batch, label: augment_where(zoomer, batch, label == 0), [x, labels], tf.uint8, stateful=True
-        )
+        out = tf.numpy_function(on_batch, [x, labels], tf.uint8, stateful=True)
         out.set_shape(x.shape)
         return out, targets, *rest
 
@@ -395,6 +416,7 @@ def run_phases(model, spec: ModelSpec, args: TrainArgs, squares: dict, targets: 
         equalize=args.framing in EQUALIZING_FRAMINGS,
         paired=paired,
         normal_zoom=args.normal_zoom,
+        aspect_swap=args.aspect_swap,
     )
     val_ds = make_dataset(squares["val"], targets["val"], spec, args.batch_size, augment_seed=None, paired=paired)
     run_dir = Path(args.run_dir) / spec.name
@@ -453,6 +475,8 @@ def train(
         raise ValueError(f"{spec.name} is trained, not assembled: --members is for an ensemble model.")
     if args.normal_zoom > 0:
         check_normal_zoom(args.normal_zoom)  # before the images load
+    if args.aspect_swap > 0:
+        check_aspect_swap(args.aspect_swap)
     keras.utils.set_random_seed(args.seed)
     started = time.time()
     frames = load_split_frames(args)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import train_argv
 
-from pneumo_core.augment import augment_squares, burned_in_marker, normal_zoomer, robust_augmenter
+from pneumo_core import artifacts
+from pneumo_core.__main__ import main
+from pneumo_core.augment import aspect_swappers, augment_squares, burned_in_marker, normal_zoomer, robust_augmenter
 from pneumo_core.registry import get_spec
 from pneumo_core.train import make_dataset
 
@@ -152,3 +155,61 @@ def test_normal_zoom_changes_normal_images_only():
 def test_a_normal_zoom_outside_its_range_is_refused():
     with pytest.raises(ValueError, match="normal zoom"):
         normal_zoomer(1.5, seed=0)
+
+
+def box_squares(n: int, size: int) -> np.ndarray:
+    """``n`` black squares with a bright centred box half their size."""
+    squares = np.zeros((n, size, size), dtype=np.uint8)
+    squares[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 200
+    return squares
+
+
+def box_extent(image: np.ndarray) -> tuple[int, int]:
+    """Height and width of the bright box (pixels above the middle grey level of the image)."""
+    rows, cols = np.nonzero(image > (image.min() + image.max()) / 2)
+    return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+def test_aspect_swap_narrows_normal_anatomy_and_widens_pneumonia_half_of_the_time():
+    size = 64
+    swappers = aspect_swappers(1.24, seed=3)
+    for label, stretched_axis in ((0, 0), (1, 1)):
+        extents = np.array([box_extent(image) for image in augment_squares(swappers[label], box_squares(200, size))])
+        changed = (extents != size // 2).any(axis=1)
+        assert 0.35 < changed.mean() < 0.65  # half of the time
+        assert (extents[:, 1 - stretched_axis] == size // 2).all()  # the other axis never moves
+        zoom = extents[changed, stretched_axis] / (size // 2)
+        assert zoom.min() >= 1.08 and zoom.max() <= 1.4 and abs(zoom.mean() - 1.24) < 0.04
+
+
+def test_aspect_swap_follows_each_image_class_in_the_training_pipeline():
+    spec = get_spec("cnn")
+    squares = box_squares(64, spec.input_size)
+    labels = np.array([0, 1] * 32)
+    dataset = make_dataset(squares, labels, spec, 64, augment_seed=4, augment_strength=0, aspect_swap=1.24)
+    x, seen_labels = (np.asarray(part) for part in next(iter(dataset)))
+    extents = np.array([box_extent(image[..., 0]) for image in x])
+    taller, wider = extents[:, 0] > spec.input_size // 2, extents[:, 1] > spec.input_size // 2
+    assert taller[seen_labels == 0].any() and not wider[seen_labels == 0].any()
+    assert wider[seen_labels == 1].any() and not taller[seen_labels == 1].any()
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.8, 2.5])
+def test_an_aspect_swap_outside_its_range_is_refused(factor):
+    with pytest.raises(ValueError, match="aspect swap"):
+        aspect_swappers(factor, seed=0)
+
+
+def test_class_conditional_augmentation_is_recorded_and_named_on_the_card(synthetic_dataset, tmp_path):
+    extra = ("--augment", "robust", "--normal-zoom", "0.3", "--aspect-swap", "1.24")
+    assert main(train_argv("mlp", synthetic_dataset, tmp_path, *extra)) == 0
+    loaded = artifacts.load_model_dir(tmp_path / "models" / "mlp")
+    assert (loaded.config.args.normal_zoom, loaded.config.args.aspect_swap) == (0.3, 1.24)
+    card = (tmp_path / "models" / "mlp" / "card.md").read_text()
+    assert "NORMAL images also zoomed in up to x1.3 half of the time" in card
+    assert "half of the images given the other class's proportions (NORMAL zoomed vertically" in card
+
+
+def test_an_aspect_swap_outside_its_range_is_refused_before_the_images_load(tmp_path, capsys):
+    assert main(train_argv("mlp", tmp_path / "no_such_folder", tmp_path, "--aspect-swap", "3")) == 2
+    assert "aspect swap factor must be in (1, 2], got 3.0." in capsys.readouterr().err

@@ -84,5 +84,6 @@ def test_the_card_names_the_augmentation_and_framing_the_config_records(name):
 def augmentation_words(recipe) -> str:
     """How a card begins to describe a run's augmentation (its TrainArgs, or an ensemble member's record)."""
     strength = "" if recipe.augment_strength == 1 else f", every range x{recipe.augment_strength:g}"
-    zoom = f"; NORMAL images also zoomed in up to x{1 + recipe.normal_zoom:g}" if recipe.normal_zoom else ")"
-    return f"{recipe.augment}{strength}{zoom}"
+    zoom = f"; NORMAL images also zoomed in up to x{1 + recipe.normal_zoom:g}" if recipe.normal_zoom else ""
+    swap = "; half of the images given the other class's proportions" if recipe.aspect_swap else ""
+    return f"{recipe.augment}{strength}{zoom}{swap}" + ("" if zoom or swap else ")")
