@@ -117,7 +117,8 @@ if robust:
     st.markdown(
         "The same internal test X-rays read again after changing their framing (padding, cropping), aspect, "
         "exposure (gamma, contrast, histogram equalisation), resolution (downscaling, blur, noise, JPEG), rotation, "
-        "or burning a marker into a corner. A **flip** is an X-ray whose answer at the model's threshold changes."
+        "or burning a marker into a corner. A **flip** is an X-ray whose answer at the model's threshold changes. "
+        "Point at a cell to see which way the answers changed: a flip to normal is a pneumonia reading lost."
     )
     shown_metric = st.radio(
         "Show", list(METRICS_SHOWN), format_func=METRICS_SHOWN.get, horizontal=True, key="robustness_metric"

@@ -198,7 +198,7 @@ def subtype_table(entries: list[ModelEntry]) -> pd.DataFrame:
 def robustness_heatmap(results: Mapping[str, RobustnessResult], metric: str = "flip_rate") -> go.Figure:
     """Models x perturbations heatmap of the flip rate (``flip_rate``) or the change of specificity
     (``specificity_change``) from each model's ``robustness.json`` (see :mod:`pneumo_core.robustness`)."""
-    from pneumo_core.robustness import METRICS_SHOWN, heatmap_values
+    from pneumo_core.robustness import METRICS_SHOWN, flip_directions, heatmap_values
 
     values = heatmap_values(results, metric)
     flips = metric == "flip_rate"
@@ -210,8 +210,9 @@ def robustness_heatmap(results: Mapping[str, RobustnessResult], metric: str = "f
             x=list(values.columns),
             y=list(values.index),
             text=text.to_numpy(),
+            customdata=flip_directions(results).to_numpy(),
             texttemplate="%{text}",
-            hovertemplate="%{y}, %{x}: %{text}<extra></extra>",
+            hovertemplate="%{y}, %{x}: %{text} (answers changed: %{customdata})<extra></extra>",
             colorbar={"title": METRICS_SHOWN[metric], "tickformat": ".0%" if flips else "+.2f"},
             **colours,
         )

@@ -900,14 +900,24 @@ def heatmap_values(results: Mapping[str, RobustnessResult], metric: str) -> pd.D
     """Models (rows) x perturbations (columns, catalogue order first) of ``flip_rate`` or ``specificity_change``."""
     if metric not in METRICS_SHOWN:
         raise ValueError(f"Unknown robustness figure {metric!r}; choose one of {', '.join(METRICS_SHOWN)}.")
+    return _models_by_perturbations(results, lambda row: getattr(row, metric)).astype(float)
+
+
+def flip_directions(results: Mapping[str, RobustnessResult]) -> pd.DataFrame:
+    """The cells of :func:`heatmap_values` as words: which way the answers changed, e.g. ``"28 to normal, 1 to
+    pneumonia"`` (a flip to normal is a pneumonia reading lost), ``""`` where not measured."""
+    table = _models_by_perturbations(
+        results, lambda row: f"{row.flips_to_normal} to normal, {row.flips_to_pneumonia} to pneumonia"
+    )
+    return table.fillna("")
+
+
+def _models_by_perturbations(results: Mapping[str, RobustnessResult], cell: Callable) -> pd.DataFrame:
     known = [p.name for p in CATALOGUE]
     measured = {row.name for result in results.values() for row in result.perturbations}
     order = [name for name in known if name in measured] + sorted(measured - set(known))
-    rows = {
-        model: {name: getattr(row, metric) for name, row in result.by_name().items()}
-        for model, result in results.items()
-    }
-    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=order).astype(float)
+    rows = {model: {row.name: cell(row) for row in result.perturbations} for model, result in results.items()}
+    return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=order)
 
 
 def card_markdown(result: RobustnessResult) -> str:

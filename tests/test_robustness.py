@@ -37,6 +37,7 @@ from pneumo_core.robustness import (
     catalogue_by_name,
     criteria_table,
     evaluate_robustness,
+    flip_directions,
     heatmap_values,
     read_robustness,
     summarise,
@@ -386,6 +387,18 @@ def test_heatmap_and_criteria_tables_hold_every_measured_model(measured_models_d
     with pytest.raises(ValueError, match="flip_rate"):
         heatmap_values(results, "accuracy")
     assert "framing ±10 %: flip rate ≤ 0.03" in criteria_table(results).index
+
+
+def test_the_heatmap_says_which_way_the_answers_changed(measured_models_dir):
+    """Hovering a cell names the flips to normal (pneumonia readings lost) and to pneumonia, from the JSON."""
+    from pneumo_core.figures import robustness_heatmap
+
+    result = read_robustness(measured_models_dir / "cnn")
+    row = result.perturbations[0]
+    words = flip_directions({"cnn": result})
+    assert words.loc["cnn", row.name] == f"{row.flips_to_normal} to normal, {row.flips_to_pneumonia} to pneumonia"
+    heatmap = robustness_heatmap({"cnn": result}).data[0]
+    assert heatmap.customdata[0][0] == words.iloc[0, 0] and "%{customdata}" in heatmap.hovertemplate
 
 
 def test_card_and_readme_table_summarise_robustness(measured_models_dir, tmp_path):
