@@ -864,13 +864,22 @@ def read_all(directories: Mapping[str, Path]) -> tuple[dict[str, RobustnessResul
 def worst_cases_sentence(name: str, result: RobustnessResult) -> str:
     """One plain sentence naming a model's worst perturbations."""
     summary = result.summary
-    flips = ", ".join(f"{case.perturbation} ({case.value:.1%})" for case in summary.worst_by_flip_rate)
+    rows = result.by_name()
+    flips = ", ".join(
+        f"{case.perturbation} ({case.value:.1%}: {_directions(rows.get(case.perturbation))})"
+        for case in summary.worst_by_flip_rate
+    )
     specificity = ", ".join(f"{case.perturbation} ({case.value:+.3f})" for case in summary.worst_by_specificity_change)
     sentence = f"`{name}` changes its answer most under {flips or 'no perturbation'}"
     if specificity:
         sentence += f"; specificity moves most under {specificity}"
     ece = "n/a" if summary.ece_under_shift is None else f"{summary.ece_under_shift:.3f}"
     return sentence + f". ECE under shift {ece} (unperturbed {result.unperturbed.ece:.3f})."
+
+
+def _directions(row: PerturbationResult | None) -> str:
+    """``"30 to normal, 13 to pneumonia"``: which way a perturbation's flips went."""
+    return "n/a" if row is None else f"{row.flips_to_normal} to normal, {row.flips_to_pneumonia} to pneumonia"
 
 
 def criterion_text(criterion: Criterion) -> str:
@@ -906,10 +915,7 @@ def heatmap_values(results: Mapping[str, RobustnessResult], metric: str) -> pd.D
 def flip_directions(results: Mapping[str, RobustnessResult]) -> pd.DataFrame:
     """The cells of :func:`heatmap_values` as words: which way the answers changed, e.g. ``"28 to normal, 1 to
     pneumonia"`` (a flip to normal is a pneumonia reading lost), ``""`` where not measured."""
-    table = _models_by_perturbations(
-        results, lambda row: f"{row.flips_to_normal} to normal, {row.flips_to_pneumonia} to pneumonia"
-    )
-    return table.fillna("")
+    return _models_by_perturbations(results, _directions).fillna("")
 
 
 def _models_by_perturbations(results: Mapping[str, RobustnessResult], cell: Callable) -> pd.DataFrame:
@@ -923,8 +929,10 @@ def _models_by_perturbations(results: Mapping[str, RobustnessResult], cell: Call
 def card_markdown(result: RobustnessResult) -> str:
     """The model card's robustness section."""
     summary = result.summary
+    rows = result.by_name()
     worst = "; ".join(
-        f"{case.perturbation}: {case.value:.1%} of readings change" for case in summary.worst_by_flip_rate
+        f"{case.perturbation}: {case.value:.1%} of readings change ({_directions(rows.get(case.perturbation))})"
+        for case in summary.worst_by_flip_rate
     )
     ece = "n/a" if summary.ece_under_shift is None else f"{summary.ece_under_shift:.3f}"
     met = summary.targets_met

@@ -370,7 +370,10 @@ def test_compare_page_shows_the_robustness_section(measured_models_dir, monkeypa
     assert "Robustness to framing and exposure" in [header.value for header in at.subheader]
     keys = [user_key_from_element_id(chart.proto.id) for chart in at.get("plotly_chart")]
     assert "robustness_heatmap" in keys
-    assert any("`cnn` changes its answer most under" in markdown.value for markdown in at.markdown)
+    sentence = next(
+        markdown.value for markdown in at.markdown if "`cnn` changes its answer most under" in markdown.value
+    )
+    assert " to normal, " in sentence and " to pneumonia)" in sentence  # which way the worst flips went
     assert any("Not measured: `mlp`" in caption.value for caption in at.caption)
     table = next(frame.value for frame in at.dataframe if "ECE under shift ≤ 0.05" in frame.value.index)
     assert list(table.columns) == ["cnn"]
@@ -408,6 +411,9 @@ def test_card_and_readme_table_summarise_robustness(measured_models_dir, tmp_pat
     refresh_card(measured_models_dir / "cnn")
     card = (measured_models_dir / "cnn" / artifacts.CARD_FILE).read_text()
     assert "## Robustness to framing and exposure" in card and "ECE under shift" in card
+    result = read_robustness(measured_models_dir / "cnn")
+    worst = result.by_name()[result.summary.worst_by_flip_rate[0].perturbation]
+    assert f"({worst.flips_to_normal} to normal, {worst.flips_to_pneumonia} to pneumonia)" in card
     artifacts.load_model_dir(measured_models_dir / "cnn")
     table = robustness_table(measured_models_dir)
     assert "| `mlp` | not measured |" in table
