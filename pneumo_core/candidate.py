@@ -128,6 +128,12 @@ def candidate_markdown(payload: dict) -> str:
         f"| {name} | {fmt.format(payload['shipped'][group][key])} | {fmt.format(payload['candidate'][group][key])} |"
         for name, group, key, fmt in rows
     )
+    targets = [payload[side]["robustness"].get("criteria_passed") for side in ("shipped", "candidate")]
+    if None not in targets:
+        shipped_met, candidate_met = (f"{met} of {payload['candidate']['robustness']['criteria']}" for met in targets)
+        table += (
+            f"\n| validation images: targets met (framing, gamma, ROC AUC, ECE) | {shipped_met} | {candidate_met} |"
+        )
     subtype = [payload[side].get("subtype_val_roc_auc") for side in ("shipped", "candidate")]
     if None not in subtype:
         table += "\n| validation bacterial-vs-viral ROC AUC | {:.4f} | {:.4f} |".format(*subtype)

@@ -36,6 +36,17 @@ def test_the_card_section_names_the_failed_checks_and_shows_both_models():
     text = candidate_markdown({**payload, **verdict(shipped, candidate)})
     assert "It was not shipped." in text and "framing +-10 % flip rate no higher" in text
     assert "| validation images, framing +-10 %: largest flip rate | 18.0% | 34.0% |" in text
+    assert "targets met" not in text  # figures recorded before the targets were counted
+
+
+def test_the_card_section_counts_the_targets_each_model_meets():
+    shipped, candidate = figures(0.993, 0.18, 0.06), figures(0.990, 0.04, 0.07)
+    for side, met in ((shipped, 2), (candidate, 4)):
+        side["robustness"].update(criteria=6, criteria_passed=met)
+    text = candidate_markdown(
+        {"label": "swap", "rule": "RULE.", "shipped": shipped, "candidate": candidate, **verdict(shipped, candidate)}
+    )
+    assert "| validation images: targets met (framing, gamma, ROC AUC, ECE) | 2 of 6 | 4 of 6 |" in text
 
 
 def test_a_candidate_with_a_weaker_subtype_head_is_not_shipped():
