@@ -473,9 +473,9 @@ def train(
         raise ValueError(f"{spec.name} needs --backbone-weights PATH, 'imagenet' or 'none'.")
     if members and spec.ensemble_of is None:
         raise ValueError(f"{spec.name} is trained, not assembled: --members is for an ensemble model.")
-    if args.normal_zoom > 0:
-        check_normal_zoom(args.normal_zoom)  # before the images load
-    if args.aspect_swap > 0:
+    if args.normal_zoom:  # 0 is off; anything else must be in range, checked before the images load
+        check_normal_zoom(args.normal_zoom)
+    if args.aspect_swap:
         check_aspect_swap(args.aspect_swap)
     keras.utils.set_random_seed(args.seed)
     started = time.time()

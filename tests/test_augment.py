@@ -210,6 +210,16 @@ def test_class_conditional_augmentation_is_recorded_and_named_on_the_card(synthe
     assert "half of the images given the other class's proportions (NORMAL zoomed vertically" in card
 
 
-def test_an_aspect_swap_outside_its_range_is_refused_before_the_images_load(tmp_path, capsys):
-    assert main(train_argv("mlp", tmp_path / "no_such_folder", tmp_path, "--aspect-swap", "3")) == 2
-    assert "aspect swap factor must be in (1, 2], got 3.0." in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--aspect-swap", "3", "aspect swap factor must be in (1, 2], got 3.0."),
+        ("--aspect-swap", "-1.2", "aspect swap factor must be in (1, 2], got -1.2."),
+        ("--normal-zoom", "-0.3", "normal zoom must be in (0, 1], got -0.3."),
+    ],
+)
+def test_a_class_augmentation_outside_its_range_is_refused_before_the_images_load(
+    tmp_path, capsys, option, value, message
+):
+    assert main(train_argv("mlp", tmp_path / "no_such_folder", tmp_path, option, value)) == 2
+    assert message in capsys.readouterr().err
