@@ -7,6 +7,7 @@ Usage:
                                    [--init-from MODEL_DIR] [--learning-rate LR] [--consistency-weight W]
                                    [--normal-zoom Z] [--aspect-swap F]
     python -m pneumo_core train    --model cnn_ensemble --members MODEL_DIR MODEL_DIR... [--data DIR] [--out models/]
+    python -m pneumo_core train    --model xception_cnn_ensemble --members XCEPTION_DIR CNN_ENSEMBLE_DIR [--data DIR]
     python -m pneumo_core evaluate --model NAME [--data DIR] [--split auto|all|train|val|test] [--out FILE.json]
     python -m pneumo_core predict  --model NAME FILE_OR_FOLDER... [--csv out.csv] [--json] [--batch-size N]
     python -m pneumo_core batch    --model NAME --data DIR_OR_GLOB... --out FILE.parquet|.csv [--engine local|ray]

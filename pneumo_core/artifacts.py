@@ -108,6 +108,7 @@ class EnsembleMember:
     epochs_run: int
     training_seconds: float
     aspect_swap: float = 0.0
+    model: str | None = None  # its registry name (recorded since mixed ensembles; older records leave it out)
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,9 @@ class ModelEntry:
         """Why the model cannot be selected (empty when shipped)."""
         if self.shipped:
             return ""
-        if self.spec.ensemble_of:
+        if self.spec.assembled_from:
             command = f"`python -m pneumo_core train --model {self.name} --members DIR DIR`"
-            members = f"trained {self.spec.ensemble_of} folders"
+            members = f"the folders of trained {self.spec.assembled_from}"
             return self.refused_reason or f"Not assembled yet: run {command} with {members}."
         return (
             self.refused_reason

@@ -148,9 +148,9 @@ def roc_figure(entries: list[ModelEntry]) -> go.Figure:
 
 def untrained_note(entry: ModelEntry) -> str:
     """Why a shipped model has no training curves: an ensemble is assembled from trained models, not trained."""
-    if entry.spec.ensemble_of:
+    if entry.spec.assembled_from:
         return (
-            f"no training curves: it was assembled from trained {entry.spec.ensemble_of} models, not trained as a"
+            f"no training curves: it was assembled from trained {entry.spec.assembled_from}, not trained as a"
             " whole (its model card lists them and how each was trained)."
         )
     return "no training curves were recorded."

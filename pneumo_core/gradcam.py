@@ -47,8 +47,19 @@ COLORMAPS = {
 
 
 def methods_for(loaded: LoadedModel) -> tuple[str, ...]:
-    """Heatmap methods that apply to a model: CAMs need a conv layer, the MLP gets saliency."""
-    return CAM_METHODS if loaded.spec.gradcam_layer else (SALIENCY_METHOD,)
+    """Heatmap methods that apply to a loaded model (see :func:`heatmap_methods`)."""
+    return heatmap_methods(loaded.spec)
+
+
+def heatmap_methods(spec: ModelSpec) -> tuple[str, ...]:
+    """Heatmap methods that apply to a model: CAMs need a conv layer, the MLP gets saliency.
+
+    A model with several branches (``spec.extra_gradcam_layers``) gets the compiled Grad-CAM, which reads
+    them all, and saliency: tf-keras-vis's other CAMs read one layer and would explain one branch only.
+    """
+    if spec.extra_gradcam_layers:
+        return (CAM_METHODS[0], SALIENCY_METHOD)
+    return CAM_METHODS if spec.gradcam_layer else (SALIENCY_METHOD,)
 
 
 def two_logit_model(model: keras.Model) -> keras.Model:
@@ -92,11 +103,14 @@ def compiled_gradcam(explain_model: keras.Model, spec: ModelSpec) -> Callable[[n
 
     The same map as tf-keras-vis's ``Gradcam`` (ReLU of the gradient-weighted sum of the conv layer's
     channels, zoomed to the input with linear interpolation), computed by one ``tf.function`` with a
-    fixed input signature. Thread-safe once traced.
+    fixed input signature. Thread-safe once traced. A model with several branches whose conv maps differ in
+    size (``spec.extra_gradcam_layers``) gets one map: each layer's weighted sum zoomed to the input, the
+    sums added, then the ReLU, which is what one conv layer holding all their channels would give. A layer
+    that ``explain_model`` does not reach (a subtype head reading one branch) adds nothing and is left out.
 
     Args:
-        explain_model: A model with logits as output (see :func:`two_logit_model`) and ``spec.gradcam_layer``.
-        spec: The model's registry entry (input size, preprocessing, conv layer).
+        explain_model: A model with logits as output (see :func:`two_logit_model`) and the spec's conv layers.
+        spec: The model's registry entry (input size, preprocessing, conv layers).
 
     Returns:
         A function giving a ``(size, size)`` float32 map, not yet scaled to [0, 1].
@@ -105,25 +119,36 @@ def compiled_gradcam(explain_model: keras.Model, spec: ModelSpec) -> Callable[[n
     import tensorflow as tf
     from scipy.ndimage import zoom
 
-    conv = explain_model.get_layer(spec.gradcam_layer).output
-    probe = keras.Model(explain_model.inputs, [explain_model.outputs[0], conv], name=f"{explain_model.name}_gradcam")
+    reached = {layer.name for layer in explain_model.layers}  # a subtype logit may read one branch only
+    names = [name for name in (spec.gradcam_layer, *spec.extra_gradcam_layers) if name in reached]
+    convs = [explain_model.get_layer(name).output for name in names]
+    probe = keras.Model(explain_model.inputs, [explain_model.outputs[0], *convs], name=f"{explain_model.name}_gradcam")
     size = spec.input_size
     signature = [tf.TensorSpec([size, size], tf.uint8, name="square"), tf.TensorSpec([], tf.int32, name="index")]
 
     # No autograph: it parses source with ast, and concurrent ast.parse can fail in CPython 3.11.7.
     @tf.function(input_signature=signature, autograph=False)
-    def conv_map(square, index):
+    def weighted_maps(square, index):
         model_input = spec.preprocess(square[None, ..., None])
         with tf.GradientTape() as tape:
-            logits, features = probe(model_input, training=False)
+            logits, *features = probe(model_input, training=False)
             tape.watch(features)
             score = logits[:, index]
-        weights = tf.reduce_mean(tape.gradient(score, features), axis=(1, 2), keepdims=True)
-        return tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))[0]
+        gradients = tape.gradient(score, features)
+        return [
+            tf.reduce_sum(maps * tf.reduce_mean(grads, axis=(1, 2), keepdims=True), axis=-1)[0]
+            for maps, grads in zip(features, gradients, strict=True)
+        ]
+
+    def zoomed(cam: np.ndarray) -> np.ndarray:
+        return zoom(cam, (size / cam.shape[0], size / cam.shape[1]), order=1).astype(np.float32)
 
     def run(square: np.ndarray, index: int) -> np.ndarray:
-        cam = conv_map(tf.convert_to_tensor(square, dtype=tf.uint8), tf.constant(index, tf.int32)).numpy()
-        return zoom(cam, (size / cam.shape[0], size / cam.shape[1]), order=1).astype(np.float32)
+        square_tensor, index_tensor = tf.convert_to_tensor(square, dtype=tf.uint8), tf.constant(index, tf.int32)
+        maps = [cam.numpy() for cam in weighted_maps(square_tensor, index_tensor)]
+        if len(maps) == 1:  # tf-keras-vis's order: the ReLU on the conv grid, then the zoom
+            return zoomed(np.maximum(maps[0], 0.0))
+        return np.maximum(sum(zoomed(cam) for cam in maps), 0.0)
 
     return run
 

@@ -9,6 +9,7 @@ Usage:
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import keras
@@ -149,9 +150,7 @@ def fuse_cnn_members(ensemble: keras.Model, members: list[keras.Model]) -> None:
     Raises:
         ValueError: If the members' layers do not match the ensemble's towers.
     """
-    count = len(members)
     conv_layers = [layer.name for layer in members[0].layers if layer.get_weights() and "block" in layer.name]
-    pooled, units = [], []
     for index, member in enumerate(members):
         prefix = member_prefix(index)
         for name in conv_layers:
@@ -159,11 +158,92 @@ def fuse_cnn_members(ensemble: keras.Model, members: list[keras.Model]) -> None:
             if [w.shape for w in target.get_weights()] != [w.shape for w in source.get_weights()]:
                 raise ValueError(f"Member {index + 1}'s layer {name} does not match the ensemble's {prefix}{name}.")
             target.set_weights(source.get_weights())
-        pooled.append(member.get_layer("head_dense1").get_weights())
-        units.append(member.get_layer(OUTPUT_LAYER).get_weights())
+    _fuse_heads(ensemble, members)
+
+
+def _fuse_heads(ensemble: keras.Model, members: list[keras.Model]) -> None:
+    """``head_dense1`` of the members side by side (block-diagonal) and an output averaging their logits."""
+    pooled = [member.get_layer("head_dense1").get_weights() for member in members]
+    kernels, biases = zip(*(member.get_layer(OUTPUT_LAYER).get_weights() for member in members), strict=True)
     ensemble.get_layer("head_dense1").set_weights(_block_diagonal(pooled))
-    kernels, biases = zip(*units, strict=True)
-    ensemble.get_layer(OUTPUT_LAYER).set_weights([np.concatenate(kernels) / count, np.mean(biases, axis=0)])
+    ensemble.get_layer(OUTPUT_LAYER).set_weights([np.concatenate(kernels) / len(members), np.mean(biases, axis=0)])
+
+
+TRANSFER_HEAD_UNITS = 128  # head_dense1 of the transfer models (build_xception)
+
+
+def build_xception_cnn_ensemble(
+    input_size: int,
+    channels: int = 1,
+    members: int = 3,
+    cnn_input_size: int = 160,
+    base_filters: int = 32,
+    depth: int = 5,
+    dropout: float = 0.3,
+    dense_units: int = 64,
+    **_: object,
+) -> keras.Model:
+    """:func:`build_xception` and :func:`build_cnn_ensemble` side by side in one flat graph, their logits averaged.
+
+    One input: the ``input_size`` square scaled to [0, 1], one channel. The Xception branch reads it as RGB in
+    [-1, 1] (its own preprocessing, as layers); the cnn branch reads it resized to ``cnn_input_size`` inside the
+    graph (area interpolation, as ``imaging.resize_square`` shrinks). Their last conv maps differ in size (7x7
+    and 10x10 at 224 px), so they stay apart: ``block14_sepconv2_act`` and ``cnn_last_conv_act``, both of which
+    Grad-CAM reads. Their pooled features are concatenated into ``gap``; :func:`fuse_xception_cnn` fills the
+    head block-diagonally, which makes the output exactly ``sigmoid((xception logit + cnn_ensemble logit) / 2)``.
+    """
+    inputs = keras.Input((input_size, input_size, channels), name=INPUT_NAME)
+    scaled = layers.Rescaling(2.0, offset=-1.0, name="xception_scale")(inputs)
+    rgb = layers.Concatenate(name="xception_rgb")([scaled] * 3)
+    base = keras.applications.Xception(include_top=False, weights=None, input_tensor=rgb)
+    resized = layers.Resizing(cnn_input_size, cnn_input_size, interpolation="area", name="cnn_resize")(inputs)
+    widths = _cnn_widths(cnn_input_size, base_filters, depth)
+    towers = [_cnn_tower(resized, widths, member_prefix(index)) for index in range(members)]
+    cnn_maps = layers.Concatenate(name="cnn_last_conv_act")(towers)
+    pooled = layers.Concatenate(name="gap")(
+        [
+            layers.GlobalAveragePooling2D(name="xception_gap")(base.output),
+            layers.GlobalAveragePooling2D(name="cnn_gap")(cnn_maps),
+        ]
+    )
+    x = layers.Dropout(dropout, name="gap_dropout")(pooled)
+    outputs = _head(x, units=(TRANSFER_HEAD_UNITS + dense_units * members,), dropout=dropout)
+    return keras.Model(inputs, outputs, name="xception_cnn_ensemble")
+
+
+def fuse_xception_cnn(ensemble: keras.Model, xception: keras.Model, cnn_ensemble: keras.Model) -> None:
+    """Give ``ensemble`` (from :func:`build_xception_cnn_ensemble`) the weights of the two trained models.
+
+    The cnn_ensemble's towers are copied by name (already prefixed). Xception's layers are paired in graph
+    order, because Keras numbers its unnamed shortcut layers (``conv2d_4``) per process; the pairs must agree
+    in name up to that number and in shapes. The heads are fused as in :func:`fuse_cnn_members`.
+
+    Raises:
+        ValueError: If a member's layers do not match the ensemble's.
+    """
+    heads = ("head_dense1", OUTPUT_LAYER)
+    branch = [layer for layer in ensemble.layers if layer.get_weights() and not _in_tower(layer.name)]
+    backbone = [layer for layer in xception.layers if layer.get_weights()]
+    if len(branch) != len(backbone):
+        raise ValueError(f"The xception has {len(backbone)} weighted layers; the ensemble's branch has {len(branch)}.")
+    pairs = [(target, source) for target, source in zip(branch, backbone, strict=True) if source.name not in heads]
+    pairs += [(ensemble.get_layer(layer.name), layer) for layer in cnn_ensemble.layers if _in_tower(layer.name)]
+    for target, source in pairs:
+        same_name = _unnumbered(target.name) == _unnumbered(source.name)
+        if not same_name or [w.shape for w in target.get_weights()] != [w.shape for w in source.get_weights()]:
+            raise ValueError(f"The member layer {source.name} does not match the ensemble's {target.name}.")
+        target.set_weights(source.get_weights())
+    _fuse_heads(ensemble, [xception, cnn_ensemble])
+
+
+def _in_tower(layer_name: str) -> bool:
+    """Whether a layer belongs to an ensemble member's cnn tower (``m1_block1_conv``)."""
+    return re.match(r"m\d+_", layer_name) is not None
+
+
+def _unnumbered(layer_name: str) -> str:
+    """A layer name without the number Keras appends to an unnamed layer (``conv2d_4`` -> ``conv2d``)."""
+    return re.sub(r"_\d+$", "", layer_name)
 
 
 def _block_diagonal(dense_weights: list[list[np.ndarray]]) -> list[np.ndarray]:
@@ -207,7 +287,7 @@ def _transfer_model(application, name: str, input_size: int, weights: str | Path
         LOGGER.warning("%s is built with random weights (no ImageNet initialisation).", name)
     x = layers.GlobalAveragePooling2D(name="gap")(base.output)
     x = layers.Dropout(dropout, name="gap_dropout")(x)
-    outputs = _head(x, units=(128,), dropout=dropout)
+    outputs = _head(x, units=(TRANSFER_HEAD_UNITS,), dropout=dropout)
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -146,6 +146,15 @@ class ModelSpec:
     unavailable_reason: str | None = None
     search_space: tuple[SearchParam, ...] = ()
     ensemble_of: str | None = None  # an ensemble: assembled from trained models of this registry name
+    combines: tuple[str, ...] = ()  # a mixed ensemble: one trained model of each of these names, in this order
+    extra_gradcam_layers: tuple[str, ...] = ()  # other branches' last conv layers, which Grad-CAM also reads
+
+    @property
+    def assembled_from(self) -> str | None:
+        """What an ensemble averages, in words (``"cnn_robust models"``); None for a model that is trained."""
+        if self.combines:
+            return " and ".join(self.combines) + " models"
+        return f"{self.ensemble_of} models" if self.ensemble_of else None
 
     def search_defaults(self) -> dict[str, int | float]:
         """The untuned value of every search parameter, by name."""
@@ -240,6 +249,22 @@ REGISTRY: dict[str, ModelSpec] = {
             gradcam_layer="block14_sepconv2_act",
             train=transfer_defaults(fine_tune_from="block12_sepconv1_act"),
             uses_backbone_weights=True,
+        ),
+        ModelSpec(
+            name="xception_cnn_ensemble",
+            description=(
+                "The xception and cnn_ensemble models averaged before the sigmoid, reading one border-trimmed"
+                " 224x224 square (resized to 160x160 inside for the cnns); the heatmap is the Grad-CAM of that"
+                " average over both models' last conv layers. The slowest model."
+            ),
+            builder=lazy_builder("build_xception_cnn_ensemble"),
+            input_size=224,
+            channels=1,
+            preprocess=scale_unit,
+            gradcam_layer="block14_sepconv2_act",
+            extra_gradcam_layers=("cnn_last_conv_act",),
+            train=replace(CNN_ROBUST.train, epochs=0),
+            combines=("xception", "cnn_ensemble"),
         ),
         ModelSpec(
             name="densenet201",

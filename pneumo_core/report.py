@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pneumo_core.artifacts import (
     CARD_FILE,
+    EnsembleMember,
     ModelConfig,
     ModelMetrics,
     read_model_dir,
@@ -24,7 +25,9 @@ from pneumo_core.artifacts import (
     shipped_model_dirs,
 )
 from pneumo_core.augment import AUGMENT_POLICIES
+from pneumo_core.gradcam import heatmap_methods
 from pneumo_core.imaging import FRAMINGS
+from pneumo_core.registry import get_spec
 
 BENCH_FILE = Path(__file__).resolve().parent.parent / "bench" / "bench.json"
 
@@ -244,7 +247,8 @@ def render_card(config: ModelConfig, metrics: ModelMetrics, extra_sections: Sequ
     spec, data, population, test = config.spec, config.data, config.population, metrics.test
     rows = "\n".join(f"| {label} | {_fmt(getattr(test, key))} |" for key, label in CARD_METRICS.items())
     split_sizes = ", ".join(f"{name}: {size}" for name, size in data.split_sizes.items())
-    heatmap = "Grad-CAM, Grad-CAM++ or Faster-ScoreCAM" if spec.gradcam_layer else "SmoothGrad saliency"
+    *others, last = heatmap_methods(get_spec(spec.name))
+    heatmap = f"{', '.join(others)} or {last}" if others else last
     calibration = config.calibration
     sign = "-" if calibration.shift < 0 else "+"
     negative, positive = spec.class_names
@@ -391,13 +395,21 @@ def _ensemble_facts(config: ModelConfig, where: str, libraries: str) -> str:
         "",
     ]
     for index, member in enumerate(args.members, start=1):
-        policy = _augmentation_text(member.augment, member.augment_strength, member.normal_zoom, member.aspect_swap)
-        start = f", started from {member.init_from} (sha256 {member.init_from_sha256[:12]})" if member.init_from else ""
-        lines.append(
-            f"{index}. `{member.path}` (model.keras sha256 {member.model_sha256[:12]}): seed {member.seed},"
-            f" augmentation ({policy}){start}; {member.epochs_run} epochs, {member.training_seconds / 60:.1f} min."
-        )
+        checksum = member.model_sha256[:12]
+        lines.append(f"{index}. `{member.path}` (model.keras sha256 {checksum}): {_member_recipe(member)}")
     return "\n".join(lines)
+
+
+def _member_recipe(member: EnsembleMember) -> str:
+    """How one ensemble member was made: its training recipe, or, for an ensemble, where its members are listed."""
+    if member.model is not None and get_spec(member.model).assembled_from:
+        return f"the {member.model} ensemble of trained {get_spec(member.model).assembled_from}; its card lists them."
+    policy = _augmentation_text(member.augment, member.augment_strength, member.normal_zoom, member.aspect_swap)
+    start = f", started from {member.init_from} (sha256 {member.init_from_sha256[:12]})" if member.init_from else ""
+    return (
+        f"seed {member.seed}, augmentation ({policy}){start}; {member.epochs_run} epochs,"
+        f" {member.training_seconds / 60:.1f} min."
+    )
 
 
 def refresh_card(directory: Path) -> None:
@@ -424,8 +436,6 @@ CARD_METRICS = {
 
 def _preprocessing_text(name: str) -> str:
     """The registry's own one-line description of a model's preprocessing, in plain words."""
-    from pneumo_core.registry import get_spec
-
     summary = (get_spec(name).preprocess.__doc__ or "").strip().splitlines()[0]
     return summary.replace("``", "").replace("(n, h, w, 1) ", "").rstrip(".") + "."
 

@@ -456,7 +456,7 @@ def train(
 ) -> Path:
     """Train ``spec`` and write its complete artifact directory.
 
-    An ensemble (``spec.ensemble_of``) is assembled from the trained model directories ``members`` instead
+    An ensemble (``spec.assembled_from``) is assembled from the trained model directories ``members`` instead
     (:func:`pneumo_core.ensemble.assemble`); everything after fitting is the same.
 
     With ``fit_gate``, the out-of-distribution gate is then fitted on the same training split and
@@ -471,7 +471,7 @@ def train(
     """
     if spec.uses_backbone_weights and args.backbone_weights is None:
         raise ValueError(f"{spec.name} needs --backbone-weights PATH, 'imagenet' or 'none'.")
-    if members and spec.ensemble_of is None:
+    if members and spec.assembled_from is None:
         raise ValueError(f"{spec.name} is trained, not assembled: --members is for an ensemble model.")
     if args.normal_zoom:  # 0 is off; anything else must be in range, checked before the images load
         check_normal_zoom(args.normal_zoom)
@@ -480,14 +480,14 @@ def train(
     keras.utils.set_random_seed(args.seed)
     started = time.time()
     frames = load_split_frames(args)
-    needed = ("val", "test") if spec.ensemble_of else tuple(frames)  # nothing to fit: an ensemble is assembled
+    needed = ("val", "test") if spec.assembled_from else tuple(frames)  # nothing to fit: an ensemble is assembled
     squares = {
         name: data.load_arrays(frames[name]["path"].tolist(), spec.input_size, framing=args.framing) for name in needed
     }
     targets = {name: data.labels_of(frames[name]) for name in needed}
     LOGGER.info("Loaded %s images in %.0f s", {k: len(v) for k, v in squares.items()}, time.time() - started)
 
-    if spec.ensemble_of:
+    if spec.assembled_from:
         from pneumo_core.ensemble import assemble
 
         model, args = assemble(spec, args, members)

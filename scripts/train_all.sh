@@ -5,6 +5,7 @@
 # also zoomed in (--normal-zoom 0.3). cnn_ensemble (after cnn_robust) averages that third stage with the same
 # recipe under another seed (from the second stage) and a fourth stage with a wider normal zoom (from the third).
 # xception is trained with the basic augmentation, then fine-tuned again with the robust one and the normal zoom.
+# xception_cnn_ensemble (after both) averages the shipped xception and cnn_ensemble; nothing is trained.
 # Usage: scripts/train_all.sh [DATA_DIR] [XCEPTION_WEIGHTS]   (logs in logs/<model>.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ data=${1:-../shared/data/chest_xray}
 weights=${2:-../shared/weights/xception_imagenet_notop.weights.h5}
 mkdir -p logs
 train() { .venv/bin/python -m pneumo_core train --data "$data" "$@"; }
-for model in ${MODELS:-cnn cnn_robust cnn_ensemble xception mlp}; do
+for model in ${MODELS:-cnn cnn_robust cnn_ensemble xception xception_cnn_ensemble mlp}; do
   case $model in
     cnn) train --model cnn --subtype-weight 1 ;;
     cnn_robust)
@@ -34,6 +35,7 @@ for model in ${MODELS:-cnn cnn_robust cnn_ensemble xception mlp}; do
       train --model xception --backbone-weights "$weights" --out runs/xception_basic &&
         train --model xception --init-from runs/xception_basic/xception --backbone-weights none --epochs 0 \
           --fine-tune-epochs 6 --fine-tune-learning-rate 3e-5 --augment robust --normal-zoom 0.3 --patience 2 ;;
+    xception_cnn_ensemble) train --model xception_cnn_ensemble --members models/xception models/cnn_ensemble ;;
     *) train --model "$model" ;;
   esac > "logs/$model.log" 2>&1
 done

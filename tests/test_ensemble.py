@@ -1,7 +1,9 @@
-"""Ensembles (``pneumo_core.ensemble``): trained cnn_robust models averaged in logit space as one flat model."""
+"""Ensembles (``pneumo_core.ensemble``): trained models (several cnn_robust, or xception and a cnn_ensemble)
+averaged in logit space as one flat model."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -9,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import train_argv
 
-from pneumo_core import artifacts, models
+from pneumo_core import artifacts, models, registry
 from pneumo_core.__main__ import main
-from pneumo_core.gradcam import Explainer
+from pneumo_core.gradcam import Explainer, methods_for
 from pneumo_core.train import output_logits
 
 
@@ -113,3 +115,92 @@ def test_the_compare_page_says_why_an_ensemble_has_no_training_curves(synthetic_
     assert "confusion_cnn_ensemble" in keys and "history_cnn_ensemble" not in keys
     notes = [markdown.value for markdown in app.markdown]
     assert any(note.startswith("**cnn_ensemble**: no training curves: it was assembled") for note in notes)
+
+
+def small_mixed_ensemble() -> tuple[keras.Model, keras.Model, keras.Model]:
+    """(mixed ensemble, xception, cnn_ensemble): a 72 px xception and a 32 px two-member cnn_ensemble, fused.
+
+    The xception keeps Keras' seeded initialisation: the uniform weights of :func:`randomised` overflow its 36
+    conv layers.
+    """
+    keras.utils.set_random_seed(0)
+    xception = models.build_xception(72, weights=None)
+    cnns = randomised(models.build_cnn_ensemble(32, 1, members=2, depth=3), 1)
+    mixed = models.build_xception_cnn_ensemble(72, 1, members=2, cnn_input_size=32, depth=3)
+    models.fuse_xception_cnn(mixed, xception, cnns)
+    return mixed, xception, cnns
+
+
+def test_the_mixed_ensemble_outputs_the_mean_of_the_xception_and_cnn_logits():
+    mixed, xception, cnns = small_mixed_ensemble()
+    assert not any(isinstance(layer, keras.Model) for layer in mixed.layers)
+    squares = np.random.default_rng(4).integers(0, 256, (4, 72, 72, 1)).astype("float32")
+    xception_input = keras.ops.convert_to_numpy(registry.scale_xception(squares))
+    cnn_input = keras.ops.convert_to_numpy(keras.layers.Resizing(32, 32, interpolation="area")(squares / 255.0))
+    expected = (output_logits(xception, xception_input) + output_logits(cnns, cnn_input)) / 2
+    np.testing.assert_allclose(output_logits(mixed, squares / 255.0), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_mixed_ensemble_refuses_a_member_of_another_shape():
+    mixed = models.build_xception_cnn_ensemble(72, 1, members=2, cnn_input_size=32, depth=3)
+    wide = models.build_cnn_ensemble(32, 1, members=2, depth=3, base_filters=16)
+    with pytest.raises(ValueError, match="does not match"):
+        models.fuse_xception_cnn(mixed, models.build_xception(72, weights=None), wide)
+
+
+def test_grad_cam_of_the_mixed_ensemble_adds_both_branches_maps():
+    """One map: each branch's gradient-weighted channels zoomed to the input, added, then the ReLU."""
+    import tensorflow as tf
+    from scipy.ndimage import zoom
+
+    from pneumo_core.gradcam import compiled_gradcam, two_logit_model
+
+    mixed, _, _ = small_mixed_ensemble()
+    spec = replace(registry.get_spec("xception_cnn_ensemble"), input_size=72)
+    explain = two_logit_model(mixed)
+    square = np.random.default_rng(5).integers(0, 256, (72, 72), dtype=np.uint8)
+    layers = (spec.gradcam_layer, *spec.extra_gradcam_layers)
+    probe = keras.Model(explain.inputs, [explain.outputs[0], *(explain.get_layer(name).output for name in layers)])
+    with tf.GradientTape() as tape:
+        logits, *maps = probe(spec.preprocess(square[None, ..., None].astype("float32")), training=False)
+        tape.watch(maps)
+        score = logits[:, 1]
+    branch_maps = []
+    for conv, grads in zip(maps, tape.gradient(score, maps), strict=True):
+        weighted = np.sum(conv.numpy() * np.mean(grads.numpy(), axis=(1, 2), keepdims=True), axis=-1)[0]
+        branch_maps.append(zoom(weighted, (72 / weighted.shape[0], 72 / weighted.shape[1]), order=1))
+    assert all(np.abs(branch).max() > 0 for branch in branch_maps), "both branches carry evidence"
+    expected = np.maximum(sum(branch_maps), 0.0)
+    np.testing.assert_allclose(compiled_gradcam(explain, spec)(square, 1), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_train_assembles_a_mixed_ensemble_of_xception_and_cnn_ensemble(synthetic_dataset, member_dirs, capsys):
+    """The real CLI: xception and cnn_ensemble trained on one split become one calibrated, explainable model."""
+    work, dirs = member_dirs
+    cnns_out, xception_out = work / "cnns", work / "xception"
+    argv = train_argv("cnn_ensemble", synthetic_dataset, work, "--members", *map(str, dirs), "--out", str(cnns_out))
+    assert main(argv) == 0
+    xception_args = ("--backbone-weights", "none", "--fine-tune-epochs", "0", "--out", str(xception_out))
+    assert main(train_argv("xception", synthetic_dataset, work, *xception_args)) == 0
+    members = [xception_out / "xception", cnns_out / "cnn_ensemble"]
+
+    def assemble(*folders: Path) -> int:
+        return main(train_argv("xception_cnn_ensemble", synthetic_dataset, work, "--members", *map(str, folders)))
+
+    assert assemble(*members[::-1]) == 2
+    assert "expects xception there" in capsys.readouterr().err
+    assert assemble(members[0]) == 2
+    assert "one trained model of each of xception, cnn_ensemble" in capsys.readouterr().err
+
+    assert assemble(*members) == 0
+    mixed = artifacts.load_model_dir(work / "models" / "xception_cnn_ensemble")
+    recorded = [member.model_sha256 for member in mixed.config.args.members]
+    assert mixed.framing == "trim" and recorded == [artifacts.sha256_of(d / "model.keras") for d in members]
+    card = (mixed.directory / "card.md").read_text()
+    assert "Not trained as a whole" in card and "Grad-CAM or SmoothGrad saliency" in card
+    assert "the cnn_ensemble ensemble of trained cnn_robust models; its card lists them" in card
+    square = mixed.square(np.random.default_rng(6).integers(0, 256, (300, 260), dtype=np.uint8))
+    assert 0.0 <= mixed.predict_squares(square[None])[0] <= 1.0
+    assert methods_for(mixed) == ("Grad-CAM", "SmoothGrad saliency")
+    heat = Explainer(mixed).heatmap(square, "Grad-CAM", target_class=1)
+    assert heat.shape == (224, 224) and 0.0 <= heat.min() <= heat.max() <= 1.0
