@@ -12,8 +12,8 @@ from pneumo_core.diagnosis import list_samples
 from pneumo_core.imaging import decode_grayscale
 from pneumo_core.registry import REGISTRY
 
-SHIPPED = ("mlp", "cnn", "cnn_robust", "cnn_ensemble", "xception")
-MAX_MODELS_MB = 150
+SHIPPED = ("mlp", "cnn", "cnn_robust", "cnn_ensemble", "xception", "xception_cnn_ensemble")
+MAX_MODELS_MB = 250  # issue 8's budget (issue 2's was 150 MB, before the ensembles)
 
 
 def test_every_shippable_model_is_shipped():
@@ -24,7 +24,7 @@ def test_every_shippable_model_is_shipped():
 
 
 def test_models_folder_fits_the_budget():
-    """models/ stays within its 150 MB budget."""
+    """models/ stays within its 250 MB budget."""
     size = sum(path.stat().st_size for path in artifacts.MODELS_DIR.rglob("*") if path.is_file())
     assert size < MAX_MODELS_MB * 2**20
 
@@ -77,8 +77,11 @@ def test_the_card_names_the_augmentation_and_framing_the_config_records(name):
     if not args.members:
         assert f"Augmentation ({augmentation_words(args)}" in card
     for index, member in enumerate(args.members, start=1):  # an ensemble: each member's recipe, one line each
-        line = f"{index}. `{member.path}` (model.keras sha256 {member.model_sha256[:12]}): seed {member.seed},"
-        assert f"{line} augmentation ({augmentation_words(member)}" in card
+        line = f"{index}. `{member.path}` (model.keras sha256 {member.model_sha256[:12]}):"
+        if member.model is not None and REGISTRY[member.model].assembled_from:  # itself an ensemble
+            assert f"{line} the {member.model} ensemble of trained {REGISTRY[member.model].assembled_from};" in card
+        else:
+            assert f"{line} seed {member.seed}, augmentation ({augmentation_words(member)}" in card
 
 
 def augmentation_words(recipe) -> str:
