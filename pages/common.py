@@ -258,6 +258,9 @@ def side_by_side(items: Sequence[T], per_row: int = 2) -> Iterator[tuple[object,
         yield from zip(st.columns(per_row), items[start : start + per_row], strict=False)
 
 
+RECOMMENDED_MARK = "★"
+
+
 def model_picker(shipped: dict[str, ModelEntry], best: ModelEntry, key: str) -> ModelEntry:
     """The sidebar's model selectbox, the recommended model preselected and marked; the chosen model's description."""
     with st.sidebar:
@@ -266,9 +269,14 @@ def model_picker(shipped: dict[str, ModelEntry], best: ModelEntry, key: str) -> 
             "Model to run",
             list(shipped),
             index=list(shipped).index(best.name),
-            format_func=lambda name: f"{name} (recommended)" if name == best.name else name,
+            format_func=lambda name: f"{name} {RECOMMENDED_MARK}" if name == best.name else name,
             key=key,
             help=RECOMMENDATION_HELP,
         )
+        # The mark, not the word, sits in the option: "xception_cnn_ensemble (recommended)" is cut off in the sidebar.
+        if choice == best.name:
+            st.caption(f"{RECOMMENDED_MARK} Recommended: it meets the most robustness targets on validation images.")
+        else:
+            st.caption(f"{RECOMMENDED_MARK} marks the recommended model, {best.name}.")
         st.caption(shipped[choice].spec.description)
     return shipped[choice]

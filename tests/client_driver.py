@@ -88,7 +88,7 @@ class Session:
         return msg
 
     def model_state(self, model: str) -> WidgetState:
-        """The sidebar's model selectbox set to ``model`` (its shown option, e.g. "xception (recommended)")."""
+        """The sidebar's model selectbox set to ``model`` (its shown option, e.g. "xception ★")."""
         selectbox = self.widgets[MODEL_KEY]
         option = next(option for option in selectbox.options if option.split(" ")[0] == model)
         return WidgetState(id=selectbox.id, string_value=option)

@@ -169,6 +169,19 @@ def test_only_usable_models_are_offered(app):
     assert not any("densenet201" in option for option in options)
 
 
+def test_the_recommended_model_is_marked_and_named_in_the_sidebar(app):
+    """The recommended model carries a short mark (a long name plus "(recommended)" is cut off in the sidebar)."""
+    from pneumo_core.catalog import best_model, catalog
+
+    best = best_model([entry for entry in catalog() if entry.shipped]).name
+    selectbox = app.selectbox(key="model")
+    assert selectbox.value == best and f"{best} ★" in selectbox.options
+    assert any(caption.value.startswith("★ Recommended:") for caption in app.sidebar.caption)
+    other = next(option for option in selectbox.options if "★" not in option)
+    selectbox.set_value(other).run()
+    assert any(caption.value == f"★ marks the recommended model, {best}." for caption in app.sidebar.caption)
+
+
 # --- Bad input ----------------------------------------------------------------------------------
 
 
