@@ -37,7 +37,8 @@ def assemble(spec: ModelSpec, args: TrainArgs, member_dirs: Sequence[str]) -> tu
     """The ensemble ``spec`` holding the trained models in ``member_dirs``, and ``args`` recording them.
 
     Raises:
-        ValueError: With fewer than two members, or a member of another model, framing, architecture or split.
+        ValueError: With fewer than two members (a mixed ensemble: not one of each model it combines, in order),
+            or a member of another model, framing, architecture or split.
         ModelRefused: If a member directory does not verify.
     """
     if spec.combines:

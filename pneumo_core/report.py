@@ -402,8 +402,9 @@ def _ensemble_facts(config: ModelConfig, where: str, libraries: str) -> str:
 
 def _member_recipe(member: EnsembleMember) -> str:
     """How one ensemble member was made: its training recipe, or, for an ensemble, where its members are listed."""
-    if member.model is not None and get_spec(member.model).assembled_from:
-        return f"the {member.model} ensemble of trained {get_spec(member.model).assembled_from}; its card lists them."
+    assembled_from = get_spec(member.model).assembled_from if member.model is not None else None
+    if assembled_from:
+        return f"the {member.model} ensemble of trained {assembled_from}; its card lists them."
     policy = _augmentation_text(member.augment, member.augment_strength, member.normal_zoom, member.aspect_swap)
     start = f", started from {member.init_from} (sha256 {member.init_from_sha256[:12]})" if member.init_from else ""
     return (
